@@ -1,0 +1,3 @@
+from crate_deploy.cli import main
+
+main()

@@ -1,0 +1,346 @@
+"""The site file's schema: pydantic models, strict, refusing unknown keys.
+
+Field-level rules live here (types, ranges, name patterns, secret references);
+rules that relate several fields live in checks.py, so each error can name the key
+it is about. Every string that reaches a unit file or Python source is constrained
+by a pattern here first; the renderer escapes on top of that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+# Names become parts of unit names, file names, node names and Python strings.
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
+QUEUE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+DOTTED_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+APP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
+ROUTE_PATTERN = r"^[A-Za-z0-9_.*]{1,200}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+# Paths go into unit lines unquoted (WorkingDirectory=, ReadWritePaths=): keep them plain.
+PATH_PATTERN = r"^[A-Za-z0-9_./@+,~-]{1,4000}$"
+SECRET_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]{0,99})\}")
+# Printable text without line breaks or other control characters.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{0,4000}$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
+TaskName = Annotated[str, StringConstraints(pattern=DOTTED_PATTERN, max_length=200)]
+PathText = Annotated[str, StringConstraints(pattern=PATH_PATTERN)]
+Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
+ExtraArg = Annotated[str, StringConstraints(pattern=r"^-[^\x00-\x1f\x7f-\x9f]{1,500}$")]
+Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sentinel", "sqs")
+PoolType = Literal["prefork", "threads", "solo", "gevent", "eventlet"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def _no_literal_password(url: str) -> str:
+    """URLs may name a user, but a password must be a ${REFERENCE} to the secrets file."""
+    try:
+        parts = urlsplit(SECRET_REFERENCE.sub("x", url))
+        password = parts.password
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if not port_ok:
+        raise ValueError("has a port outside 1-65535")
+    if password is not None and not _only_references(url, password):
+        raise ValueError("holds a literal password: write ${NAME} instead and put "
+                         "NAME=the-password in the secrets_file")
+    return url
+
+
+def _only_references(url: str, password: str) -> bool:
+    """True when the URL's password is exactly one ${REFERENCE} (replaced by "x" above)."""
+    netloc = urlsplit(url).netloc
+    userinfo = netloc.rpartition("@")[0]
+    raw_password = userinfo.partition(":")[2]
+    return password == "x" and SECRET_REFERENCE.fullmatch(raw_password) is not None  # noqa: S105
+
+
+def _broker_scheme(url: str) -> str:
+    scheme = url.partition("://")[0]
+    if scheme not in BROKER_SCHEMES:
+        raise ValueError(f"uses the unsupported transport {scheme!r} (one of: "
+                         f"{', '.join(BROKER_SCHEMES)})")
+    return url
+
+
+def _secret_reference(value: str) -> str:
+    if SECRET_REFERENCE.fullmatch(value) is None:
+        raise ValueError("must be a reference like ${FLOWER_PASSWORD} to a variable in the "
+                         "secrets_file, never the password itself")
+    return value
+
+
+Url = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f'\"\\]{1,2000}$"),
+                AfterValidator(_no_literal_password)]
+BrokerUrl = Annotated[Url, AfterValidator(_broker_scheme)]
+SecretReference = Annotated[str, AfterValidator(_secret_reference)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
+
+
+class Broker(Strict):
+    """The message broker; several URLs of one transport give failover."""
+
+    urls: list[BrokerUrl] = Field(min_length=1, max_length=16)
+    """Broker URLs; more than one gives failover, in failover_strategy order. All must use one
+    transport. A password must be a ${REFERENCE} to the secrets_file.
+    """
+    failover_strategy: Literal["round-robin", "shuffle"] = "round-robin"
+    """How Celery picks the next URL when one fails."""
+    heartbeat: Annotated[int, Field(ge=0, le=3600)] = 60
+    """AMQP heartbeat in seconds (0 turns it off)."""
+    confirm_publish: bool = True
+    """Publisher confirms (AMQP): a send returns only once the broker has the message."""
+    connection_timeout: Seconds = 10.0
+    """Seconds to wait for a broker connection."""
+    connection_retries: Annotated[int, Field(ge=0, le=1000)] | None = None
+    """How often to retry a lost connection before giving up (unset: forever)."""
+
+
+class Results(Strict):
+    """Where task results go; `backend: null` means results are not stored."""
+
+    backend: Url | None = "rpc://"
+    """Result backend URL (rpc://, redis://, db+postgresql://...); null stores no results."""
+    expires: Annotated[int, Field(ge=60, le=365 * 24 * 3600)] = 24 * 3600
+    """Seconds a stored result is kept."""
+
+
+class Queue(Strict):
+    name: QueueName
+    """Queue name (letters, digits, '_', '.', '-')."""
+    durable: bool = True
+    """Survives a broker restart."""
+    type: Literal["classic", "quorum"] = "classic"
+    """classic, or quorum (replicated; needs publisher confirms; no autoscale)."""
+    delivery_limit: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Quorum queues: deliveries before a message is dead-lettered (stops poison-message loops)."""
+    dead_letter: bool = False
+    """Keep dead-lettered messages in QUEUE.dead (see `crate-deploy requeue`)."""
+
+
+class Autoscale(Strict):
+    min: Annotated[int, Field(ge=0, le=1024)]
+    """Fewest pool processes."""
+    max: Annotated[int, Field(ge=1, le=1024)]
+    """Most pool processes."""
+
+
+class Worker(Strict):
+    """One pool: a `celery worker` process (one systemd unit) consuming some queues."""
+
+    name: Name
+    """Pool name: the unit is PROJECT-worker-NAME.service, the node NAME@host."""
+    queues: list[QueueName] = Field(min_length=1, max_length=100)
+    """Queues this pool consumes; each must be declared under queues."""
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 2
+    """Pool processes (or threads / greenlets)."""
+    pool: PoolType = "prefork"
+    """Execution pool: prefork, threads, solo, gevent or eventlet."""
+    autoscale: Autoscale | None = None
+    """Grow and shrink the pool between min and max processes (prefork only), instead of
+    concurrency.
+    """
+    prefetch_multiplier: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Messages reserved per process; 1 suits long tasks with late acks."""
+    max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
+    """Replace a pool process after this many tasks (prefork only)."""
+    max_memory_per_child: Annotated[int, Field(ge=1024)] | None = None
+    """Replace a pool process once its resident memory exceeds this many KiB (prefork only)."""
+    soft_time_limit: Seconds | None = None
+    """Seconds before SoftTimeLimitExceeded is raised in a task (prefork only); must be below
+    time_limit.
+    """
+    time_limit: Seconds | None = None
+    """Seconds before a task's process is killed; the unit's stop timeout is this plus 30 s."""
+    acks_late: bool = True
+    """Acknowledge a task after it ran, so a crash redelivers it instead of losing it."""
+    reject_on_worker_lost: bool = True
+    """Requeue a task whose process died (needs acks_late)."""
+    log_level: LogLevel = "info"
+    """Worker log level."""
+    stop_timeout: Seconds | None = None
+    """Seconds systemd lets this pool finish running tasks on stop (default: time_limit + 30, else
+    systemd.stop_timeout, else 600).
+    """
+    extra_args: list[ExtraArg] = Field(default_factory=list, max_length=50)
+    """More `celery worker` options, one per item (not those crate-deploy sets itself)."""
+
+
+class Cron(Strict):
+    """Like Celery's crontab(): each field takes cron syntax ("0", "*/15", "1-5")."""
+
+    minute: Annotated[str, StringConstraints(pattern=r"^[0-9*/,-]{1,100}$")] = "*"
+    """Cron minute field."""
+    hour: Annotated[str, StringConstraints(pattern=r"^[0-9*/,-]{1,100}$")] = "*"
+    """Cron hour field."""
+    day_of_week: Annotated[str, StringConstraints(pattern=r"^[0-9a-z*/,-]{1,100}$")] = "*"
+    """Cron day-of-week field (0-6 or mon-sun)."""
+    day_of_month: Annotated[str, StringConstraints(pattern=r"^[0-9*/,-]{1,100}$")] = "*"
+    """Cron day-of-month field."""
+    month_of_year: Annotated[str, StringConstraints(pattern=r"^[0-9*/,-]{1,100}$")] = "*"
+    """Cron month field."""
+
+
+JsonScalar = str | int | float | bool | None
+
+
+class ScheduleEntry(Strict):
+    """A periodic task: give exactly one of `cron` or `every` (seconds)."""
+
+    name: Name
+    """Entry name."""
+    task: TaskName
+    """Dotted name of the task to send."""
+    cron: Cron | None = None
+    """When to send it, crontab style."""
+    every: Seconds | None = None
+    """Or: send it every N seconds."""
+    args: list[JsonScalar] = Field(default_factory=list, max_length=100)
+    """Positional arguments (JSON scalars)."""
+    kwargs: dict[EnvName, JsonScalar] = Field(default_factory=dict, max_length=100)
+    """Keyword arguments (JSON scalars)."""
+    queue: QueueName | None = None
+    """Queue to send it to (default: the task's route)."""
+
+
+class Beat(Strict):
+    enabled: bool = False
+    """Run one celery beat for the site."""
+    schedule: list[ScheduleEntry] = Field(default_factory=list, max_length=1000)
+    """Periodic tasks."""
+
+
+class FlowerUser(Strict):
+    user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    """Login name."""
+    password: SecretReference
+    """A ${REFERENCE} to the password in the secrets_file."""
+
+
+class Flower(Strict):
+    enabled: bool = False
+    """Run Flower, the monitoring web UI."""
+    address: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")] = "127.0.0.1"
+    """Address Flower listens on; anything but loopback needs auth."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 5555
+    """TCP port."""
+    auth: list[FlowerUser] = Field(default_factory=list, max_length=100)
+    """HTTP basic-auth users."""
+    insecure_no_auth: bool = False
+    """Allow Flower without auth on a non-loopback address (anyone who reaches it can control the
+    fleet).
+    """
+    url_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    """Serve under /PREFIX (behind a reverse proxy)."""
+    persistent: bool = True
+    """Keep Flower's task history across restarts, in the state directory."""
+    max_tasks: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    """Tasks kept in Flower's memory."""
+    purge_offline_workers: Annotated[int, Field(ge=1)] | None = None
+    """Forget workers offline for this many seconds."""
+
+
+class Paths(Strict):
+    """Where things live on the server. config_dir defaults to the render output directory."""
+
+    config_dir: PathText | None = None
+    """Where the rendered config files live on the server (default: the render output directory)."""
+    state_dir: PathText | None = None
+    """Beat's schedule and Flower's database (default: /var/lib/PROJECT, via StateDirectory=)."""
+
+
+class Systemd(Strict):
+    scope: Literal["system", "user"] = "system"
+    """system units (/etc/systemd/system) or user units (~/.config/systemd/user)."""
+    restart: Literal["on-failure", "always"] = "on-failure"
+    """Restart= of every service."""
+    restart_sec: Seconds = 5.0
+    """Seconds before a restart."""
+    stop_timeout: Seconds | None = None
+    """TimeoutStopSec= for pools without time_limit (default 600)."""
+    hardening: bool = True
+    """Sandbox every service (ProtectSystem=strict, no capabilities, syscall filter ...)."""
+    start_limit_burst: Annotated[int, Field(ge=1, le=100)] = 5
+    """Starts within start_limit_interval before systemd gives up on a crash loop."""
+    start_limit_interval: Seconds = 300.0
+    """Seconds over which start_limit_burst counts."""
+
+
+class Site(Strict):
+    """A whole Celery deployment: everything one server runs for one application."""
+
+    project: Name
+    """Project name: the prefix of every unit (PROJECT.target, PROJECT-worker-POOL.service)."""
+    app: Annotated[str, StringConstraints(pattern=APP_PATTERN, max_length=200)]
+    """The Celery app to load (what you would give `celery -A`): module or module:attribute."""
+    venv: PathText | None = None
+    """The application's virtualenv; the units run VENV/bin/celery."""
+    celery: PathText | None = None
+    """Or: the path of the application's celery program."""
+    celery_version: Annotated[str, StringConstraints(pattern=r"^5\.\d+(\.\d+)?$")] | None = None
+    """The target's Celery version, when its venv is not on this machine (default: probed, else the
+    newest known).
+    """
+    working_directory: PathText | None = None
+    """Working directory of every service."""
+    user: Annotated[str, StringConstraints(pattern=USER_PATTERN)] | None = None
+    """Service user (default: a DynamicUser= made by systemd)."""
+    group: Annotated[str, StringConstraints(pattern=USER_PATTERN)] | None = None
+    """Service group (default: the user's)."""
+    environment: dict[EnvName, Text] = Field(default_factory=dict, max_length=200)
+    """Plain environment variables for every service (no secrets: they go in secrets_file)."""
+    secrets_file: PathText | None = None
+    """KEY=value file (mode 0600) holding every ${REFERENCE}; read by the units and by
+    launch/status.
+    """
+    paths: Paths = Field(default_factory=Paths)
+    """Where config and state live on the server."""
+    broker: Broker
+    """The message broker."""
+    results: Results = Field(default_factory=Results)
+    """The result backend."""
+    queues: list[Queue] = Field(default_factory=lambda: [Queue(name="celery")], min_length=1)
+    """Every queue the site uses (default: one classic queue, celery)."""
+    default_queue: QueueName | None = None
+    """Queue for tasks without a route (default: the first queue)."""
+    routes: dict[Annotated[str, StringConstraints(pattern=ROUTE_PATTERN)], QueueName] = Field(
+        default_factory=dict, max_length=1000)
+    """Task name (or glob like app.tasks.email_*) -> queue."""
+    workers: list[Worker] = Field(min_length=1, max_length=2000)
+    """Worker pools: one `celery worker` service each."""
+    beat: Beat = Field(default_factory=Beat)
+    """The periodic-task scheduler."""
+    flower: Flower = Field(default_factory=Flower)
+    """The Flower web UI."""
+    systemd: Systemd = Field(default_factory=Systemd)
+    """How the units behave."""
+
+    @property
+    def celery_executable(self) -> str:
+        """The `celery` program the units run: given directly, or bin/celery in the venv."""
+        if self.celery:
+            return self.celery
+        return f"{(self.venv or '/usr').rstrip('/')}/bin/celery"
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [queue.name for queue in self.queues]
+
+    @property
+    def main_queue(self) -> str:
+        return self.default_queue or self.queues[0].name

@@ -1,0 +1,159 @@
+"""What the site means for Celery and Flower: pure functions from a Site to settings.
+
+The values are plain literals (str, int, float, bool, None, list, dict); the
+renderer writes them into Python modules with repr(), so no value from the site
+file can ever become code. Crontab schedules are written as {"crontab": {...}} and
+turned into crontab() objects by the rendered entry module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crate_deploy.checks import STOP_MARGIN, stop_timeout
+from crate_deploy.layout import FLOWER_DB_FILE
+from crate_deploy.model import Queue, ScheduleEntry, Site, Worker
+
+Settings = dict[str, Any]
+
+
+def celery_settings(site: Site, since_5_3: bool) -> Settings:
+    """Settings shared by every process of the site (worker pools, beat, Flower)."""
+    settings: Settings = {
+        "broker_url": site.broker.urls if len(site.broker.urls) > 1 else site.broker.urls[0],
+        "broker_failover_strategy": site.broker.failover_strategy,
+        "broker_heartbeat": site.broker.heartbeat,
+        "broker_connection_timeout": site.broker.connection_timeout,
+        "broker_transport_options": _transport_options(site),
+    }
+    if site.broker.connection_retries is not None:
+        settings["broker_connection_max_retries"] = site.broker.connection_retries
+    if since_5_3:
+        settings["broker_connection_retry_on_startup"] = True
+    settings.update(_results(site))
+    settings.update({
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        "task_default_delivery_mode": "persistent",
+        "task_queues": {queue.name: _queue(site, queue) for queue in site.queues},
+        "task_default_queue": site.main_queue,
+        "task_default_exchange": site.main_queue,
+        "task_default_routing_key": site.main_queue,
+        # A route to a queue the site does not declare must fail, not invent a queue.
+        "task_create_missing_queues": False,
+        "task_routes": {pattern: {"queue": queue} for pattern, queue in site.routes.items()},
+        "worker_send_task_events": site.flower.enabled,
+        "task_send_sent_event": site.flower.enabled,
+    })
+    if site.beat.enabled:
+        settings["beat_schedule"] = {e.name: _schedule_entry(e) for e in site.beat.schedule}
+    return settings
+
+
+def pool_settings(site: Site) -> dict[str, Settings]:
+    """Per-pool overrides, applied by the entry module for the pool a unit runs."""
+    return {worker.name: _pool(worker) for worker in site.workers}
+
+
+def dead_letter_queues(site: Site) -> list[Settings]:
+    """Queues that keep what the broker dead-letters, one per queue that asks for it."""
+    return [{
+        "exchange": _dead_letter_exchange(site),
+        "queue": f"{queue.name}.dead",
+        "routing_key": queue.name,
+        "arguments": {"x-queue-type": queue.type},
+    } for queue in site.queues if queue.dead_letter]
+
+
+def flower_options(site: Site, state_dir: str) -> Settings:
+    flower = site.flower
+    options: Settings = {
+        "address": flower.address,
+        "port": flower.port,
+        "max_tasks": flower.max_tasks,
+        "persistent": flower.persistent,
+    }
+    if flower.persistent:
+        options["db"] = f"{state_dir}/{FLOWER_DB_FILE}"
+    if flower.url_prefix:
+        options["url_prefix"] = flower.url_prefix
+    if flower.purge_offline_workers is not None:
+        options["purge_offline_workers"] = flower.purge_offline_workers
+    return options
+
+
+def flower_basic_auth(site: Site) -> str:
+    """FLOWER_BASIC_AUTH with ${NAME} references, resolved by the entry module at start."""
+    return ",".join(f"{user.user}:{user.password}" for user in site.flower.auth)
+
+
+def _transport_options(site: Site) -> Settings:
+    scheme = site.broker.urls[0].partition("://")[0]
+    if scheme.startswith("redis") or scheme == "sentinel":
+        # Redis redelivers unacknowledged tasks after the visibility timeout: it must be
+        # longer than any task may run, or a long task runs twice.
+        longest = max(stop_timeout(site, worker) for worker in site.workers)
+        return {"visibility_timeout": int(max(3600.0, longest + STOP_MARGIN))}
+    if scheme == "sqs":
+        return {}
+    return {"confirm_publish": site.broker.confirm_publish}
+
+
+def _results(site: Site) -> Settings:
+    if site.results.backend is None:
+        return {"task_ignore_result": True}
+    return {"result_backend": site.results.backend, "result_expires": site.results.expires}
+
+
+def _queue(site: Site, queue: Queue) -> Settings:
+    arguments: Settings = {}
+    if queue.type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    if queue.delivery_limit is not None:
+        arguments["x-delivery-limit"] = queue.delivery_limit
+    if queue.dead_letter:
+        arguments["x-dead-letter-exchange"] = _dead_letter_exchange(site)
+        arguments["x-dead-letter-routing-key"] = queue.name
+    return {
+        "exchange": queue.name,
+        "exchange_type": "direct",
+        "routing_key": queue.name,
+        "durable": queue.durable,
+        "queue_arguments": arguments,
+    }
+
+
+def _dead_letter_exchange(site: Site) -> str:
+    return f"{site.project}.dead-letter"
+
+
+def _schedule_entry(entry: ScheduleEntry) -> Settings:
+    schedule: Any = entry.every
+    if entry.cron is not None:
+        schedule = {"crontab": entry.cron.model_dump()}
+    result: Settings = {"task": entry.task, "schedule": schedule,
+                        "args": list(entry.args), "kwargs": dict(entry.kwargs)}
+    if entry.queue:
+        result["options"] = {"queue": entry.queue}
+    return result
+
+
+def _pool(worker: Worker) -> Settings:
+    settings: Settings = {
+        "worker_prefetch_multiplier": worker.prefetch_multiplier,
+        "task_acks_late": worker.acks_late,
+        "task_reject_on_worker_lost": worker.reject_on_worker_lost,
+        # With late acks the broker redelivers a task whose connection dropped; let the
+        # worker cancel its copy instead of running it twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": worker.acks_late,
+    }
+    optional = {
+        "task_time_limit": worker.time_limit,
+        "task_soft_time_limit": worker.soft_time_limit,
+        "worker_max_tasks_per_child": worker.max_tasks_per_child,
+        "worker_max_memory_per_child": worker.max_memory_per_child,
+    }
+    settings.update({key: value for key, value in optional.items() if value is not None})
+    return settings

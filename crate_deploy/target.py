@@ -1,0 +1,57 @@
+"""Which Celery, kombu and Flower the fleet will run: stated, probed (and cached), or assumed.
+
+`render` must stay fast and never import Celery, so the probe asks the target's own
+interpreter once and the answer is kept in the output's deployment.json, reused
+while the target's celery program is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crate_deploy.layout import DEPLOYMENT_FILE
+from crate_deploy.model import Site
+from crate_deploy.versions import NEWEST_KNOWN, TargetVersions, VersionProbeError, probe
+
+
+def choose_versions(site: Site, output_dir: Path) -> tuple[TargetVersions, str | None]:
+    """The versions to render for, and a note to show the user when they were not probed."""
+    if site.celery_version:
+        return TargetVersions(site.celery_version, None, None, "site"), None
+    executable = Path(site.celery_executable)
+    if not executable.exists():
+        return NEWEST_KNOWN, (f"{executable} is not on this machine: rendering for Celery "
+                              f"{NEWEST_KNOWN.celery} (the newest known); set celery_version "
+                              "in the site file to choose")
+    stamp = _stamp(executable)
+    cached = _cached(output_dir, stamp)
+    if cached is not None:
+        return cached, None
+    try:
+        return probe(executable), None
+    except VersionProbeError as exc:
+        return NEWEST_KNOWN, (f"{exc}; rendering for Celery {NEWEST_KNOWN.celery} (the newest "
+                              "known); set celery_version in the site file to choose")
+
+
+def version_stamp(site: Site) -> str | None:
+    """Identifies the target's celery program, so a cached probe is reused only for it."""
+    executable = Path(site.celery_executable)
+    return _stamp(executable) if executable.exists() else None
+
+
+def _stamp(executable: Path) -> str:
+    stat = executable.resolve().parent.stat()
+    return f"{executable}:{stat.st_mtime_ns}"
+
+
+def _cached(output_dir: Path, stamp: str) -> TargetVersions | None:
+    try:
+        document = json.loads((output_dir / DEPLOYMENT_FILE).read_text(encoding="utf-8"))
+        found = document["versions"]
+        if found.get("stamp") != stamp or found.get("source") != "probed":
+            return None
+        return TargetVersions(found["celery"], found["kombu"], found["flower"], "probed")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,161 @@
+"""Site file -> validated Site: load, check against the model, cross-check, resolve paths.
+
+Errors from every stage are mapped back to `file:line:column: key.path: message`,
+all of them at once, with a did-you-mean for misspelt keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from crate_deploy.checks import check_site
+from crate_deploy.errors import Problem, SiteError
+from crate_deploy.load import LoadedSite, Loc, load_site
+from crate_deploy.model import PATH_PATTERN, Site
+
+_PATTERN_HINTS = {
+    r"^[a-z][a-z0-9_-]{0,39}$": "must start with a lowercase letter and use only a-z, 0-9, "
+                                "'_' and '-' (at most 40 characters)",
+    r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$": "must start with a letter and use only letters, digits, "
+                                       "'_', '.' and '-' (at most 100 characters)",
+    PATH_PATTERN: "must be a path of letters, digits and ._/@+,~- only (no spaces, quotes, "
+                  "'%', '$' or line breaks)",
+    r"^[A-Za-z_][A-Za-z0-9_]{0,99}$": "must be a variable name: letters, digits and '_', "
+                                      "not starting with a digit",
+}
+
+
+@dataclass(frozen=True)
+class ValidatedSite:
+    site: Site
+    source: Path
+    warnings: list[Problem]
+
+
+def validate_file(path: Path) -> ValidatedSite:
+    """Load and fully validate a site file; raises SiteError listing every problem."""
+    loaded = load_site(path)
+    site = _build_model(loaded)
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    for loc, message, severity in check_site(site):
+        (errors if severity == "error" else warnings).append(
+            loaded.problem(loc, message, severity))
+    site, path_problems = _resolve_paths(site, loaded, path.parent)
+    errors.extend(path_problems)
+    if errors:
+        raise SiteError(sorted(errors, key=lambda p: (p.line, p.column)) + warnings)
+    return ValidatedSite(site, path, warnings)
+
+
+def _build_model(loaded: LoadedSite) -> Site:
+    try:
+        return Site.model_validate(loaded.data)
+    except ValidationError as exc:
+        problems = [_problem(loaded, error) for error in exc.errors(include_url=False)]
+        unique = list(dict.fromkeys(problems))
+        raise SiteError(sorted(unique, key=lambda p: (p.line, p.column))) from None
+
+
+def _problem(loaded: LoadedSite, error: ErrorDetails) -> Problem:
+    loc = _data_loc(error["loc"])
+    return loaded.problem(loc, _message(error, loc))
+
+
+def _data_loc(loc: tuple[int | str, ...]) -> Loc:
+    """Drop pydantic's internal steps (union members, validator names) from an error path."""
+    return tuple(part for part in loc if not (isinstance(part, str) and (
+        part.startswith("function-") or "[" in part or part in ("str", "int", "float", "bool"))))
+
+
+def _message(error: ErrorDetails, loc: Loc) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "missing":
+        return "is required"
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_HINTS.get(str(ctx.get("pattern")), "contains characters that are not "
+                                  "allowed here (line breaks, quotes, '%', '$' ...)")
+    simple = {
+        "greater_than_equal": "must be >= {ge}", "greater_than": "must be > {gt}",
+        "less_than_equal": "must be <= {le}", "less_than": "must be < {lt}",
+        "int_type": "must be a whole number", "float_type": "must be a number",
+        "string_type": "must be text (quote it if YAML read it as something else)",
+        "bool_type": "must be true or false", "list_type": "must be a list",
+        "dict_type": "must be a mapping of keys to values",
+        "model_type": "must be a mapping of keys to values",
+        "too_short": "must have at least {min_length} item(s)",
+        "too_long": "must have at most {max_length} item(s)",
+        "string_too_long": "must be at most {max_length} characters",
+        "literal_error": "must be one of: {expected}",
+    }
+    if kind in simple:
+        return simple[kind].format(**ctx)
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _unknown_key(loc: Loc) -> str:
+    key = str(loc[-1])
+    allowed = _fields_at(Site, loc[:-1])
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    return f"unknown key {key!r}; allowed here: {', '.join(allowed)}"
+
+
+def _fields_at(model: Any, loc: Loc) -> list[str]:
+    """The keys a model accepts at `loc`, found by following the model's annotations."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue  # list items: _model_in looks through list[...] annotations
+        found = _model_in(current)
+        if found is None or part not in found.model_fields:
+            return []
+        current = found.model_fields[part].annotation
+    found = _model_in(current)
+    return list(found.model_fields) if found else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _resolve_paths(site: Site, loaded: LoadedSite, base: Path) -> tuple[Site, list[Problem]]:
+    """Make relative paths absolute against the site file's folder (units need absolute)."""
+    problems: list[Problem] = []
+
+    def absolute(loc: Loc, value: str | None) -> str | None:
+        if value is None or value.startswith("/"):
+            return value
+        resolved = str(PurePosixPath(base.resolve(), value))
+        resolved = str(Path(resolved).resolve())
+        if re.fullmatch(PATH_PATTERN, resolved) is None:
+            problems.append(loaded.problem(loc, f"resolves to {resolved!r}, which is not a "
+                                           "plain path; give an absolute path"))
+        return resolved
+
+    top = {key: absolute((key,), getattr(site, key))
+           for key in ("venv", "celery", "working_directory", "secrets_file")}
+    paths = site.paths.model_copy(update={
+        key: absolute(("paths", key), getattr(site.paths, key))
+        for key in ("config_dir", "state_dir")})
+    return site.model_copy(update={**top, "paths": paths}), problems

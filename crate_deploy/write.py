@@ -1,0 +1,265 @@
+"""The only code that changes the disk: puts rendered files into the output directory.
+
+Like Ansible, each file is reported as created, changed, unchanged or removed; an
+unchanged file is not touched (its mtime stays); files an earlier render produced
+and this one does not are removed; a file crate-deploy did not write is never
+overwritten. Every new file is staged next to its target and renamed into place,
+and nothing is renamed until everything is staged, so a failure leaves the
+directory as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from crate_deploy.errors import LaunchError, RenderError
+from crate_deploy.layout import MANIFEST_FILE
+from crate_deploy.render import RenderedFile
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    status: str  # "created" | "changed" | "unchanged" | "removed"
+    old: str | None
+    new: str | None
+    mode: int = 0o644
+
+    def diff(self, mask: Callable[[str], str]) -> str:
+        old = mask(self.old or "").splitlines(keepends=True)
+        new = mask(self.new or "").splitlines(keepends=True)
+        lines = difflib.unified_diff(old, new, f"a/{self.path}", f"b/{self.path}")
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def plan_changes(output_dir: Path, files: list[RenderedFile]) -> list[FileChange]:
+    """What writing `files` would do, without doing it."""
+    owned = _read_manifest(output_dir)
+    changes = []
+    for file in files:
+        target = _inside(output_dir, file.path)
+        old = _read_text(target)
+        if old is not None and file.path not in owned:
+            raise RenderError(f"{target} exists and was not written by crate-deploy; move it "
+                              "away or render into another directory (-o)")
+        status = "created" if old is None else ("unchanged" if old == file.content and
+                                               _mode(target) == file.mode else "changed")
+        changes.append(FileChange(file.path, status, old, file.content, file.mode))
+    rendered = {file.path for file in files}
+    for path in sorted(set(owned) - rendered):
+        old = _read_text(_inside(output_dir, path))
+        if old is not None:
+            changes.append(FileChange(path, "removed", old, None))
+    return changes
+
+
+def apply_changes(output_dir: Path, changes: list[FileChange]) -> None:
+    """Make the planned changes: stage every file, then rename them all into place."""
+    if all(change.status == "unchanged" for change in changes):
+        return
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for change in changes:
+            if change.status in ("created", "changed") and change.new is not None:
+                target = _inside(output_dir, change.path)
+                staged.append((_stage(target, change.new.encode(), change.mode), target))
+        manifest = _manifest(changes)
+        staged.append((_stage(output_dir / MANIFEST_FILE, manifest, 0o644),
+                       output_dir / MANIFEST_FILE))
+    except OSError as exc:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise RenderError(f"cannot write into {output_dir}: {exc.strerror or exc}") from None
+    for temporary, target in staged:
+        temporary.replace(target)
+    for change in changes:
+        if change.status == "removed":
+            _inside(output_dir, change.path).unlink(missing_ok=True)
+
+
+def write_file_atomically(path: Path, content: str, mode: int = 0o644) -> None:
+    """Replace one small file (a state file) so readers see the old or the new, never half."""
+    _stage(path, content.encode(), mode).replace(path)
+
+
+def remove_file(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def ensure_directory(path: Path, mode: int = 0o750) -> None:
+    """Create a directory a service needs (a state directory for foreground runs)."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+
+
+def _stage(target: Path, content: bytes, mode: int) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(name).chmod(mode)
+    except OSError:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+def _manifest(changes: list[FileChange]) -> bytes:
+    files = {change.path: hashlib.sha256(change.new.encode()).hexdigest()
+             for change in changes if change.new is not None}
+    return (json.dumps({"files": files}, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _read_manifest(output_dir: Path) -> dict[str, str]:
+    text = _read_text(output_dir / MANIFEST_FILE)
+    if text is None:
+        return {}
+    try:
+        files = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise RenderError(f"{output_dir / MANIFEST_FILE} is damaged; remove it (and the "
+                          "files it listed) to render afresh") from None
+    return {str(path): str(digest) for path, digest in files.items()}
+
+
+def _inside(output_dir: Path, relative: str) -> Path:
+    path = output_dir / relative
+    if ".." in Path(relative).parts or Path(relative).is_absolute():
+        raise RenderError(f"refusing to write outside {output_dir}: {relative}")
+    return path
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RenderError(f"cannot read {path}: {exc}") from None
+
+
+def _mode(path: Path) -> int:
+    with contextlib.suppress(OSError):
+        return path.stat().st_mode & 0o777
+    return -1
+
+
+# --- installing rendered files where systemd reads them (launch --systemd) --------------
+#
+# The same Ansible semantics as above, for files spread over absolute directories (the
+# unit directory and the config directory), all below an optional --root. Paths in the
+# install manifest are as systemd sees them, without the root prefix, so a tree built
+# with --root stays right once booted.
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    """What the last launch installed (path -> sha256) and the config hashes it started with."""
+
+    files: dict[str, str]
+    config: dict[str, str]
+
+
+def read_install_record(root: Path, manifest: str) -> InstallRecord:
+    """The install manifest at ROOT+manifest; empty when nothing was installed yet."""
+    path = rooted(root, manifest)
+    text = _read_installed_text(path)
+    if text is None:
+        return InstallRecord({}, {})
+    try:
+        document = json.loads(text)
+        files = {str(key): str(value) for key, value in document["files"].items()}
+        config = {str(key): str(value) for key, value in document["config"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise LaunchError(f"{path} is damaged; remove it (and the files it listed) to "
+                          "install afresh") from None
+    return InstallRecord(files, config)
+
+
+def plan_install(root: Path, record: InstallRecord, files: list[RenderedFile],
+                 directories: tuple[str, ...]) -> list[FileChange]:
+    """What installing `files` (absolute paths) below root would do, without doing it.
+
+    A file listed in the record and no longer installed is removed, but only from
+    `directories`: the manifest alone never makes us delete anything elsewhere.
+    """
+    changes = []
+    for file in files:
+        target = rooted(root, file.path)
+        old = _read_installed_text(target)
+        if old is not None and file.path not in record.files:
+            raise LaunchError(f"{target} exists and was not installed by crate-deploy; it is "
+                              "left as it is: move it away, or remove it, and launch again")
+        status = "created" if old is None else ("unchanged" if old == file.content and
+                                               _mode(target) == file.mode else "changed")
+        changes.append(FileChange(file.path, status, old, file.content, file.mode))
+    installed = {file.path for file in files}
+    for path in sorted(set(record.files) - installed):
+        if str(Path(path).parent) not in directories:
+            raise LaunchError(f"the install manifest lists {path}, outside "
+                              f"{' and '.join(directories)}; remove {rooted(root, path)} "
+                              "by hand if it is ours, and the manifest with it")
+        old = _read_installed_text(rooted(root, path))
+        if old is not None:
+            changes.append(FileChange(path, "removed", old, None))
+    return changes
+
+
+def apply_install(root: Path, manifest: str, changes: list[FileChange],
+                  config: dict[str, str]) -> None:
+    """Make the planned install: stage every file, rename them into place, then remove."""
+    manifest_path = rooted(root, manifest)
+    record = _install_manifest(changes, config)
+    if (all(change.status == "unchanged" for change in changes)
+            and _read_installed_text(manifest_path) == record.decode()):
+        return  # nothing to do: leave even the manifest's mtime alone
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for change in changes:
+            if change.status in ("created", "changed") and change.new is not None:
+                target = rooted(root, change.path)
+                staged.append((_stage(target, change.new.encode(), change.mode), target))
+        staged.append((_stage(manifest_path, record, 0o644), manifest_path))
+    except OSError as exc:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise LaunchError(f"cannot install into {exc.filename or root}: "
+                          f"{exc.strerror or exc}") from None
+    for temporary, target in staged:
+        temporary.replace(target)
+    for change in changes:
+        if change.status == "removed":
+            rooted(root, change.path).unlink(missing_ok=True)
+
+
+def rooted(root: Path, path: str) -> Path:
+    """An absolute path as seen from inside root (root "/" is this machine)."""
+    if not path.startswith("/") or ".." in Path(path).parts:
+        raise LaunchError(f"refusing to install at {path!r}: not a plain absolute path")
+    return root / path.lstrip("/")
+
+
+def _install_manifest(changes: list[FileChange], config: dict[str, str]) -> bytes:
+    files = {change.path: hashlib.sha256(change.new.encode()).hexdigest()
+             for change in changes if change.new is not None}
+    document = {"files": files, "config": config}
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _read_installed_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LaunchError(f"cannot read {path}: {exc}") from None

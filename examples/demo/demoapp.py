@@ -1,0 +1,45 @@
+"""A small Celery application for trying crate-deploy: quick, slow and failing tasks.
+
+Like CRATE, it configures itself from its own settings object at import time, with
+values that crate-deploy's rendered settings must override (prefetch 8, early acks).
+"""
+
+import time
+
+from celery import Celery
+
+
+class DemoSettings:
+    """What the application would set on its own; crate-deploy's settings win over these."""
+
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 8
+    CELERY_TASK_ACKS_LATE = False
+    CELERY_TASK_DEFAULT_QUEUE = "not-the-rendered-queue"
+
+
+app = Celery("demoapp")
+app.config_from_object(DemoSettings, namespace="CELERY")
+
+
+@app.task(bind=True)
+def quick(self, value=0):
+    """Return which node ran it, so tests can prove each queue's pool did the work."""
+    return {"value": value, "node": self.request.hostname}
+
+
+@app.task(bind=True)
+def slow(self, seconds=5.0, value=0):
+    """Sleep like a long report, then say who ran it."""
+    time.sleep(seconds)
+    return {"value": value, "node": self.request.hostname}
+
+
+@app.task
+def failing(message="this task always fails"):
+    raise RuntimeError(message)
+
+
+@app.task
+def tick():
+    """Sent by beat every 30 seconds."""
+    return time.time()

@@ -1,0 +1,57 @@
+"""The command line: exit codes, messages on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import EXAMPLES, MINIMAL, ROOT, Result
+
+
+def test_validate_ok(run_cli: Callable[..., Result]) -> None:
+    result = run_cli("validate", EXAMPLES / "site.yaml")
+    assert result.code == 0
+    assert result.out.endswith("valid (2 worker pool(s), 3 queue(s))\n")
+
+
+def test_invalid_site_exits_2_with_positions(run_cli: Callable[..., Result],
+                                             write_site: Callable[..., Path]) -> None:
+    path = write_site(MINIMAL.replace("name: default", "name: Bad Name"))
+    result = run_cli("validate", path)
+    assert result.code == 2
+    assert result.err.startswith(f"{path}:7:5: workers[0].name: must start with a lowercase")
+    assert result.err.endswith("1 error(s): nothing was written\n")
+
+
+def test_missing_site_file_is_one_line(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    result = run_cli("validate", tmp_path / "nope.yaml")
+    assert result.code == 2
+    assert result.err.splitlines()[0] == (
+        f"{tmp_path / 'nope.yaml'}:1:1: cannot read the site file: No such file or directory")
+
+
+def test_render_of_invalid_site_creates_no_directory(run_cli: Callable[..., Result],
+                                                     write_site: Callable[..., Path],
+                                                     tmp_path: Path) -> None:
+    result = run_cli("render", write_site("project: [\n"), "-o", tmp_path / "out")
+    assert result.code == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_schema_is_json(run_cli: Callable[..., Result]) -> None:
+    result = run_cli("schema")
+    assert json.loads(result.out)["title"] == "Site"
+
+
+def test_no_traceback_from_the_real_program(tmp_path: Path) -> None:
+    broken = tmp_path / "site.yaml"
+    broken.write_bytes(b"project: \xff\x00\n")
+    result = subprocess.run([sys.executable, "-m", "crate_deploy", "render", str(broken),
+                             "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                            cwd=ROOT, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{broken}:1:10: the site file is not valid UTF-8")
