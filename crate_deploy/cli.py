@@ -31,16 +31,14 @@ def cli() -> None:
 
 @cli.command()
 @SITE
-def validate(site: Path) -> int:
+@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=DEFAULT_OUTPUT_DIR, show_default=True,
+              help="Where a render keeps the probed versions of the target's Celery.")
+def validate(site: Path, output_dir: Path) -> int:
     """Check a site file; print every problem as FILE:LINE:COL: KEY: MESSAGE."""
-    from crate_deploy.validate import validate_file
+    from crate_deploy.commands import validate_command
 
-    validated = validate_file(site)
-    for warning in validated.warnings:
-        click.echo(str(warning), err=True)
-    click.echo(f"{site}: valid ({len(validated.site.workers)} worker pool(s), "
-               f"{len(validated.site.queues)} queue(s))")
-    return 0
+    return validate_command(site, output_dir)
 
 
 @cli.command()

@@ -172,6 +172,15 @@ class Worker(Strict):
     reject_on_worker_lost: bool = True
     """Requeue a task whose process died (needs acks_late)."""
     log_level: LogLevel = "info"
+    soft_shutdown_timeout: Seconds | None = None
+    """Celery 5.5+: on stop, let running tasks go on this many seconds before the cold
+    shutdown requeues them (worker_soft_shutdown_timeout)."""
+    soft_shutdown_on_idle: bool | None = None
+    """Celery 5.5+: use the soft shutdown even when the worker is idle."""
+    detect_quorum_queues: bool | None = None
+    """Celery 5.5+: turn off global QoS when a consumed queue is a quorum queue."""
+    disable_prefetch: bool | None = None
+    """Celery 5.6+: fetch a message only when a process is free (--disable-prefetch)."""
     """Worker log level."""
     stop_timeout: Seconds | None = None
     """Seconds systemd lets this pool finish running tasks on stop (default: time_limit + 30, else
@@ -253,6 +262,8 @@ class Flower(Strict):
     """Tasks kept in Flower's memory."""
     purge_offline_workers: Annotated[int, Field(ge=1)] | None = None
     """Forget workers offline for this many seconds."""
+    read_only: bool | None = None
+    """Flower 2.1+: the UI can look but not revoke, terminate or change pools."""
 
 
 class Paths(Strict):
@@ -296,6 +307,8 @@ class Site(Strict):
     """The target's Celery version, when its venv is not on this machine (default: probed, else the
     newest known).
     """
+    flower_version: Annotated[str, StringConstraints(pattern=r"^2\.\d+(\.\d+)?$")] | None = None
+    """The target's Flower version, like celery_version."""
     working_directory: PathText | None = None
     """Working directory of every service."""
     user: Annotated[str, StringConstraints(pattern=USER_PATTERN)] | None = None
@@ -318,6 +331,8 @@ class Site(Strict):
     """Every queue the site uses (default: one classic queue, celery)."""
     default_queue: QueueName | None = None
     """Queue for tasks without a route (default: the first queue)."""
+    default_queue_type: Literal["classic", "quorum"] | None = None
+    """Celery 5.5+: type of queues Celery declares itself (task_default_queue_type)."""
     routes: dict[Annotated[str, StringConstraints(pattern=ROUTE_PATTERN)], QueueName] = Field(
         default_factory=dict, max_length=1000)
     """Task name (or glob like app.tasks.email_*) -> queue."""

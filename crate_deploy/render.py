@@ -19,6 +19,7 @@ import jinja2
 
 from crate_deploy import __version__, layout
 from crate_deploy.checks import stop_timeout
+from crate_deploy.compat import drop_unknown
 from crate_deploy.errors import RenderError
 from crate_deploy.model import Site, Worker
 from crate_deploy.settings import (
@@ -54,11 +55,11 @@ def render_site(site: Site, source: str, config_dir: str, versions: TargetVersio
     `stamp` identifies the probed celery program, so the next render can reuse the probe.
     """
     context = _Context(site, source, config_dir, versions)
+    settings, notes = drop_unknown(celery_settings(site), versions)
     files = [
         context.python(f"{layout.APP_MODULE}.py", "app.py.j2", app=site.app),
         context.python(f"{layout.CONFIG_MODULE}.py", "celeryconfig.py.j2",
-                       settings=celery_settings(site, versions.celery_minor() >= (5, 3)),
-                       pool_settings=pool_settings(site),
+                       settings=settings, pool_settings=pool_settings(site),
                        dead_letter_queues=dead_letter_queues(site)),
         context.text(layout.env_file_name(site), "env.j2", "#", environment=_environment(
             site, config_dir)),
@@ -67,9 +68,11 @@ def render_site(site: Site, source: str, config_dir: str, versions: TargetVersio
                      _deployment(site, source, config_dir, versions, stamp)),
     ]
     if site.flower.enabled:
-        files.append(context.python(layout.FLOWER_CONFIG, "flowerconfig.py.j2",
-                                    options=flower_options(site, context.state_dir)))
-    return Rendering(sorted(files, key=lambda f: f.path))
+        options, flower_notes = drop_unknown(flower_options(site, context.state_dir), versions,
+                                             "flower")
+        notes.extend(flower_notes)
+        files.append(context.python(layout.FLOWER_CONFIG, "flowerconfig.py.j2", options=options))
+    return Rendering(sorted(files, key=lambda f: f.path), notes)
 
 
 class _Context:
@@ -113,6 +116,8 @@ class _Context:
     def _worker(self, worker: Worker) -> RenderedFile:
         args = [f"--hostname={layout.node_name(worker)}", f"--queues={','.join(worker.queues)}",
                 f"--pool={worker.pool}", f"--loglevel={worker.log_level.upper()}", "-O", "fair"]
+        if worker.disable_prefetch:
+            args.append("--disable-prefetch")
         if worker.autoscale:
             args.append(f"--autoscale={worker.autoscale.max},{worker.autoscale.min}")
         else:

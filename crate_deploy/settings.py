@@ -17,7 +17,7 @@ from crate_deploy.model import Queue, ScheduleEntry, Site, Worker
 Settings = dict[str, Any]
 
 
-def celery_settings(site: Site, since_5_3: bool) -> Settings:
+def celery_settings(site: Site) -> Settings:
     """Settings shared by every process of the site (worker pools, beat, Flower)."""
     settings: Settings = {
         "broker_url": site.broker.urls if len(site.broker.urls) > 1 else site.broker.urls[0],
@@ -28,8 +28,8 @@ def celery_settings(site: Site, since_5_3: bool) -> Settings:
     }
     if site.broker.connection_retries is not None:
         settings["broker_connection_max_retries"] = site.broker.connection_retries
-    if since_5_3:
-        settings["broker_connection_retry_on_startup"] = True
+    # Celery 5.3+ warns unless this is set; compat.py leaves it out for older targets.
+    settings["broker_connection_retry_on_startup"] = True
     settings.update(_results(site))
     settings.update({
         "task_serializer": "json",
@@ -41,6 +41,8 @@ def celery_settings(site: Site, since_5_3: bool) -> Settings:
         "task_default_queue": site.main_queue,
         "task_default_exchange": site.main_queue,
         "task_default_routing_key": site.main_queue,
+        **({"task_default_queue_type": site.default_queue_type}
+           if site.default_queue_type else {}),
         # A route to a queue the site does not declare must fail, not invent a queue.
         "task_create_missing_queues": False,
         "task_routes": {pattern: {"queue": queue} for pattern, queue in site.routes.items()},
@@ -81,6 +83,8 @@ def flower_options(site: Site, state_dir: str) -> Settings:
         options["url_prefix"] = flower.url_prefix
     if flower.purge_offline_workers is not None:
         options["purge_offline_workers"] = flower.purge_offline_workers
+    if flower.read_only is not None:
+        options["read_only"] = flower.read_only
     return options
 
 
@@ -150,6 +154,9 @@ def _pool(worker: Worker) -> Settings:
         "worker_cancel_long_running_tasks_on_connection_loss": worker.acks_late,
     }
     optional = {
+        "worker_soft_shutdown_timeout": worker.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": worker.soft_shutdown_on_idle,
+        "worker_detect_quorum_queues": worker.detect_quorum_queues,
         "task_time_limit": worker.time_limit,
         "task_soft_time_limit": worker.soft_time_limit,
         "worker_max_tasks_per_child": worker.max_tasks_per_child,

@@ -8,6 +8,7 @@ while the target's celery program is unchanged.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from crate_deploy.layout import DEPLOYMENT_FILE
@@ -17,11 +18,18 @@ from crate_deploy.versions import NEWEST_KNOWN, TargetVersions, VersionProbeErro
 
 def choose_versions(site: Site, output_dir: Path) -> tuple[TargetVersions, str | None]:
     """The versions to render for, and a note to show the user when they were not probed."""
+    versions, note = _choose(site, output_dir)
+    if site.flower_version:
+        versions = replace(versions, flower=site.flower_version)
+    return versions, note
+
+
+def _choose(site: Site, output_dir: Path) -> tuple[TargetVersions, str | None]:
     if site.celery_version:
         return TargetVersions(site.celery_version, None, None, "site"), None
     executable = Path(site.celery_executable)
     if not executable.exists():
-        return NEWEST_KNOWN, (f"{executable} is not on this machine: rendering for Celery "
+        return NEWEST_KNOWN, (f"{executable} is not on this machine: assuming Celery "
                               f"{NEWEST_KNOWN.celery} (the newest known); set celery_version "
                               "in the site file to choose")
     stamp = _stamp(executable)
@@ -31,7 +39,7 @@ def choose_versions(site: Site, output_dir: Path) -> tuple[TargetVersions, str |
     try:
         return probe(executable), None
     except VersionProbeError as exc:
-        return NEWEST_KNOWN, (f"{exc}; rendering for Celery {NEWEST_KNOWN.celery} (the newest "
+        return NEWEST_KNOWN, (f"{exc}; assuming Celery {NEWEST_KNOWN.celery} (the newest "
                               "known); set celery_version in the site file to choose")
 
 

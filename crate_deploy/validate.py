@@ -18,9 +18,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from crate_deploy.checks import check_site
+from crate_deploy.compat import version_findings
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.load import LoadedSite, Loc, load_site
 from crate_deploy.model import PATH_PATTERN, Site
+from crate_deploy.versions import TargetVersions
 
 _PATTERN_HINTS = {
     r"^[a-z][a-z0-9_-]{0,39}$": "must start with a lowercase letter and use only a-z, 0-9, "
@@ -39,6 +41,14 @@ class ValidatedSite:
     site: Site
     source: Path
     warnings: list[Problem]
+    loaded: LoadedSite
+
+
+def check_versions(validated: ValidatedSite, versions: TargetVersions) -> None:
+    """Refuse features the target's Celery or Flower is too old for, at their keys."""
+    findings = version_findings(validated.site, versions)
+    if findings:
+        raise SiteError([validated.loaded.problem(loc, message) for loc, message, _ in findings])
 
 
 def validate_file(path: Path) -> ValidatedSite:
@@ -54,7 +64,7 @@ def validate_file(path: Path) -> ValidatedSite:
     errors.extend(path_problems)
     if errors:
         raise SiteError(sorted(errors, key=lambda p: (p.line, p.column)) + warnings)
-    return ValidatedSite(site, path, warnings)
+    return ValidatedSite(site, path, warnings, loaded)
 
 
 def _build_model(loaded: LoadedSite) -> Site:

@@ -14,7 +14,8 @@ from tests.conftest import EXAMPLES, MINIMAL, ROOT, Result
 def test_validate_ok(run_cli: Callable[..., Result]) -> None:
     result = run_cli("validate", EXAMPLES / "site.yaml")
     assert result.code == 0
-    assert result.out.endswith("valid (2 worker pool(s), 3 queue(s))\n")
+    assert result.out.endswith("valid (2 worker pool(s), 3 queue(s); for Celery 5.7.0, assumed)\n")
+    assert "/srv/crate/venv/bin/celery is not on this machine: assuming Celery 5.7.0" in result.err
 
 
 def test_invalid_site_exits_2_with_positions(run_cli: Callable[..., Result],

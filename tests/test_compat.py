@@ -1,0 +1,87 @@
+"""compat.py: features newer than the target's Celery are refused or left out, and said so."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from crate_deploy.versions import TargetVersions
+from tests.conftest import EXAMPLES, MINIMAL, Result
+
+NEW_FEATURES = MINIMAL.replace("queues: [celery]\n", (
+    "queues: [celery]\n"
+    "        soft_shutdown_timeout: 30\n"
+    "        detect_quorum_queues: true\n"
+    "        disable_prefetch: true\n")) + (
+    "    default_queue_type: quorum\n"
+    "    flower: {enabled: true, read_only: true}\n")
+
+
+def test_explicit_new_features_are_refused_for_celery_5_2(
+        run_cli: Callable[..., Result], write_site: Callable[..., Path], tmp_path: Path) -> None:
+    site = write_site(NEW_FEATURES + "    celery_version: '5.2.7'\n    flower_version: '2.0.1'\n")
+    result = run_cli("render", site, "-o", tmp_path / "out")
+    assert result.code == 2
+    lines = [line.removeprefix(f"{site}:") for line in result.err.splitlines()]
+    assert lines == [
+        "9:5: workers[0].soft_shutdown_timeout: needs Celery 5.5 or later, but the target has "
+        "5.2.7 (site); remove it or upgrade the application's Celery",
+        "10:5: workers[0].detect_quorum_queues: needs Celery 5.5 or later, but the target has "
+        "5.2.7 (site); remove it or upgrade the application's Celery",
+        "11:5: workers[0].disable_prefetch: needs Celery 5.6 or later, but the target has "
+        "5.2.7 (site); remove it or upgrade the application's Celery",
+        "12:1: default_queue_type: needs Celery 5.5 or later, but the target has 5.2.7 (site); "
+        "remove it or upgrade the application's Celery",
+        "13:25: flower.read_only: needs Flower 2.1 or later, but the target has 2.0.1 (site); "
+        "remove it or upgrade the application's Flower",
+        "5 error(s): nothing was written",
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_new_features_render_for_the_newest_celery(
+        run_cli: Callable[..., Result], write_site: Callable[..., Path], tmp_path: Path) -> None:
+    site = write_site(NEW_FEATURES + "    celery_version: '5.7.0'\n    flower_version: '2.2.0'\n")
+    result = run_cli("render", site, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    config = (tmp_path / "out/crate_deploy_celeryconfig.py").read_text()
+    assert "'worker_soft_shutdown_timeout': 30.0" in config
+    assert "task_default_queue_type = 'quorum'" in config
+    unit = (tmp_path / "out/systemd/demo-worker-default.service").read_text()
+    assert "--disable-prefetch" in unit
+    assert "read_only = True" in (tmp_path / "out/flowerconfig.py").read_text()
+
+
+def test_defaults_the_target_lacks_are_left_out_and_said_once(
+        run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text((EXAMPLES / "site.yaml").read_text() + "celery_version: '5.2.7'\n")
+    result = run_cli("render", site, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert result.err.count("note: left out broker_connection_retry_on_startup: Celery 5.2.7 "
+                            "does not know it (added in 5.3)") == 1
+    config = (tmp_path / "out/crate_deploy_celeryconfig.py").read_text()
+    assert "broker_connection_retry_on_startup" not in config
+
+
+def test_probed_versions_are_cached_in_the_output(tmp_path: Path) -> None:
+    from crate_deploy.target import _cached
+
+    assert _cached(tmp_path, "stamp") is None
+    (tmp_path / "deployment.json").write_text(
+        '{"versions": {"celery": "5.2.7", "kombu": "5.3.7", "flower": "2.0.1", '
+        '"source": "probed", "stamp": "stamp"}}')
+    assert _cached(tmp_path, "stamp") == TargetVersions("5.2.7", "5.3.7", "2.0.1", "probed")
+    assert _cached(tmp_path, "other") is None
+
+
+def test_unknown_flower_version_asks_for_it(run_cli: Callable[..., Result],
+                                            write_site: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    site = write_site(MINIMAL + "    flower: {enabled: true, read_only: true}\n"
+                                "    celery_version: '5.7.0'\n")
+    result = run_cli("validate", site)
+    assert result.code == 2
+    assert result.err.splitlines()[0] == (
+        f"{site}:9:25: flower.read_only: needs Flower 2.1 or later, and the target's Flower "
+        "version is unknown: set flower_version in the site file, or remove this")
