@@ -29,6 +29,11 @@ def explicit_features(site: Site) -> Iterator[tuple[Loc, Kind, str]]:
         for field, (kind, name) in WORKER_FEATURES.items():
             if getattr(worker, field) is not None:
                 yield ("workers", index, field), kind, name
+    for index, queue in enumerate(site.queues):
+        if queue.type == "quorum":
+            # Before 5.5 workers ask for global QoS, which quorum queues refuse
+            # (NOT_IMPLEMENTED on basic.consume): 5.5 detects them and stops asking.
+            yield ("queues", index, "type"), "setting", "worker_detect_quorum_queues"
     if site.default_queue_type is not None:
         yield ("default_queue_type",), "setting", "task_default_queue_type"
     if site.flower.enabled and site.flower.read_only is not None:

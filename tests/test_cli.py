@@ -14,8 +14,16 @@ from tests.conftest import EXAMPLES, MINIMAL, ROOT, Result
 def test_validate_ok(run_cli: Callable[..., Result]) -> None:
     result = run_cli("validate", EXAMPLES / "site.yaml")
     assert result.code == 0
-    assert result.out.endswith("valid (2 worker pool(s), 3 queue(s); for Celery 5.7.0, assumed)\n")
-    assert "/srv/crate/venv/bin/celery is not on this machine: assuming Celery 5.7.0" in result.err
+    assert result.out.endswith("valid (2 worker pool(s), 3 queue(s); for Celery 5.2.7, site)\n")
+
+
+def test_validate_says_which_celery_it_assumed(run_cli: Callable[..., Result]) -> None:
+    result = run_cli("validate", EXAMPLES / "minimal.yaml")
+    assert result.code == 0
+    assert result.out.endswith("(1 worker pool(s), 1 queue(s); for Celery 5.7.0, assumed)\n")
+    assert result.err == ("note: /srv/myapp/venv/bin/celery is not on this machine: assuming "
+                          "Celery 5.7.0 (the newest known); set celery_version in the site file "
+                          "to choose\n")
 
 
 def test_invalid_site_exits_2_with_positions(run_cli: Callable[..., Result],

@@ -55,7 +55,7 @@ def test_new_features_render_for_the_newest_celery(
 def test_defaults_the_target_lacks_are_left_out_and_said_once(
         run_cli: Callable[..., Result], tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
-    site.write_text((EXAMPLES / "site.yaml").read_text() + "celery_version: '5.2.7'\n")
+    site.write_text((EXAMPLES / "site.yaml").read_text())  # states celery_version 5.2.7
     result = run_cli("render", site, "-o", tmp_path / "out")
     assert result.code == 0, result.err
     assert result.err.count("note: left out broker_connection_retry_on_startup: Celery 5.2.7 "
@@ -85,3 +85,15 @@ def test_unknown_flower_version_asks_for_it(run_cli: Callable[..., Result],
     assert result.err.splitlines()[0] == (
         f"{site}:9:25: flower.read_only: needs Flower 2.1 or later, and the target's Flower "
         "version is unknown: set flower_version in the site file, or remove this")
+
+
+def test_quorum_queues_need_celery_5_5(run_cli: Callable[..., Result],
+                                       write_site: Callable[..., Path]) -> None:
+    """Before 5.5 workers ask for global QoS, which RabbitMQ refuses on quorum queues."""
+    site = write_site(MINIMAL + "    queues: [{name: celery, type: quorum}]\n"
+                                "    celery_version: '5.4.0'\n")
+    result = run_cli("validate", site)
+    assert result.code == 2
+    assert result.err.splitlines()[0] == (
+        f"{site}:9:25: queues[0].type: needs Celery 5.5 or later, but the target has 5.4.0 "
+        "(site); remove it or upgrade the application's Celery")

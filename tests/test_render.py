@@ -68,14 +68,23 @@ def test_target_groups_every_service() -> None:
             "crate-beat.service crate-flower.service") in target
 
 
+def test_quorum_queue_with_delivery_limit_dead_letters(write_site: Callable[..., Path]) -> None:
+    path = write_site(MINIMAL + "    queues:\n      - {name: celery, type: quorum, "
+                                "delivery_limit: 5, dead_letter: true}\n")
+    settings = assert_plain_literals(render(path)["crate_deploy_celeryconfig.py"])
+    assert settings["task_queues"]["celery"]["queue_arguments"] == {  # type: ignore[index]
+        "x-queue-type": "quorum", "x-delivery-limit": 5,
+        "x-dead-letter-exchange": "demo.dead-letter", "x-dead-letter-routing-key": "celery"}
+    assert settings["_DEAD_LETTER_QUEUES"] == [{
+        "exchange": "demo.dead-letter", "queue": "celery.dead", "routing_key": "celery",
+        "arguments": {"x-queue-type": "quorum"}}]
+
+
 def test_python_config_is_plain_literals() -> None:
     files = render(EXAMPLES / "site.yaml")
     settings = assert_plain_literals(files["crate_deploy_celeryconfig.py"])
     assert settings["accept_content"] == ["json"]
     assert settings["broker_transport_options"] == {"confirm_publish": True}
-    assert settings["task_queues"]["maintenance"]["queue_arguments"] == {  # type: ignore[index]
-        "x-queue-type": "quorum", "x-delivery-limit": 5,
-        "x-dead-letter-exchange": "crate.dead-letter", "x-dead-letter-routing-key": "maintenance"}
     pools = settings["_POOL_SETTINGS"]
     assert pools["consent"]["worker_prefetch_multiplier"] == 1  # type: ignore[index]
     assert pools["consent"]["task_acks_late"] is True  # type: ignore[index]

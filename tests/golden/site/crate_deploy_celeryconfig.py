@@ -47,10 +47,7 @@ task_queues = {'consent': {'exchange': 'consent',
                  'exchange_type': 'direct',
                  'routing_key': 'maintenance',
                  'durable': True,
-                 'queue_arguments': {'x-queue-type': 'quorum',
-                                     'x-delivery-limit': 5,
-                                     'x-dead-letter-exchange': 'crate.dead-letter',
-                                     'x-dead-letter-routing-key': 'maintenance'}}}
+                 'queue_arguments': {}}}
 
 task_default_queue = 'consent'
 
@@ -94,7 +91,4 @@ _POOL_SETTINGS = {'consent': {'worker_prefetch_multiplier': 1,
                  'task_soft_time_limit': 3300.0}}
 
 # Dead-letter queues to declare before consuming (quorum delivery limits route here).
-_DEAD_LETTER_QUEUES = [{'exchange': 'crate.dead-letter',
-  'queue': 'maintenance.dead',
-  'routing_key': 'maintenance',
-  'arguments': {'x-queue-type': 'quorum'}}]
+_DEAD_LETTER_QUEUES = []
