@@ -292,7 +292,8 @@ def split_command_line(value: str, env: Mapping[str, str]) -> list[str]:
 
 
 def quote_exec_argument(word: str) -> str:
-    """Quote a word so parse_exec_line() and expand() give it back unchanged."""
+    """Quote an argument (not the executable, which systemd never expands) so that
+    parse_exec_line() and expand() give it back unchanged: for the unit renderer."""
     escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     escaped = escaped.replace("\r", "\\r").replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
@@ -538,10 +539,14 @@ def service_from_unit(unit: UnitFile, name: str, base_env: Mapping[str, str]) ->
     _refuse_unsupported(unit)
     environment, files = _environment(unit, base_env)
     command = _exec_start(unit)
+    try:
+        argv = command.expand(environment)
+    except UnitError as error:
+        raise UnitError(f"{unit.source}: {error}") from None
     limits = ("Unit", "Service")  # [Service] holds the legacy spellings
     return ServiceSpec(
         name=name,
-        argv=command.expand(environment),
+        argv=argv,
         environment=environment,
         environment_files=files,
         working_directory=_setting(unit, ("WorkingDirectory",), _working_directory, None),
