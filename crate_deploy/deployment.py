@@ -1,0 +1,153 @@
+"""What a render left for launch, stop and status: deployment.json, and the site's secrets.
+
+Secrets are read here, at run time, from the site's secrets_file (or the
+environment); every caller prints through a Masker that knows their values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.layout import (
+    APP_MODULE,
+    CONFIG_MODULE,
+    DEPLOYMENT_FILE,
+    FLOWER_CONFIG,
+    LAUNCH_STATE_FILE,
+    UNIT_DIR,
+    env_file_name,
+)
+from crate_deploy.model import SECRET_REFERENCE, Site
+from crate_deploy.secrets import Masker
+from crate_deploy.units import UnitError, parse_environment_file
+
+
+@dataclass(frozen=True)
+class Deployment:
+    directory: Path
+    site: Site
+    config_dir: str
+    state_dir: str
+    target: str
+    services: list[str]
+
+    @property
+    def unit_dir(self) -> Path:
+        """Where render put the unit files."""
+        return self.directory / UNIT_DIR
+
+    @property
+    def units(self) -> list[str]:
+        return [self.target, *self.services]
+
+    @property
+    def config_files(self) -> list[str]:
+        """The files in config_dir, by name; all but deployment.json are read by services."""
+        names = [f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site),
+                 DEPLOYMENT_FILE]
+        if self.site.flower.enabled:
+            names.append(FLOWER_CONFIG)
+        return names
+
+    @property
+    def shared_files(self) -> set[str]:
+        """Config every service reads: a change to one restarts them all."""
+        return {f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site)}
+
+    @property
+    def launch_state(self) -> Path:
+        return self.directory / LAUNCH_STATE_FILE
+
+
+def load_deployment(directory: Path) -> Deployment:
+    path = directory / DEPLOYMENT_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        site = Site.model_validate(document["site"])
+        config_dir = str(document["config_dir"]).rstrip("/") or "/"
+        return Deployment(directory.resolve(), site, config_dir, document["state_dir"],
+                          document["target"], [str(name) for name in document["services"]])
+    except FileNotFoundError:
+        raise UsageError(f"no rendered site in {directory}: run `crate-deploy render SITE "
+                         f"-o {directory}` first") from None
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise UsageError(f"{path} is unreadable ({type(exc).__name__}): render again") from None
+
+
+def read_secrets(site: Site) -> dict[str, str]:
+    """The values of every ${REFERENCE} the site uses, from the secrets_file or environment.
+
+    systemd gives the services the secrets file; an operator running `status` may not
+    be able to read it (root-only), so a variable set in the environment wins.
+    """
+    names = _referenced_names(site)
+    values: dict[str, str] = {}
+    if site.secrets_file and names - set(os.environ):
+        path = Path(site.secrets_file)
+        try:
+            values = parse_environment_file(path.read_text(encoding="utf-8"), str(path))
+        except OSError as exc:
+            raise LaunchError(f"cannot read the secrets file {path} ({exc.strerror}); run as "
+                              "a user who can, or set the variables it holds in the "
+                              "environment") from None
+        except UnitError as exc:
+            raise LaunchError(f"the secrets file is malformed: {exc}") from None
+    values.update({name: os.environ[name] for name in names if name in os.environ})
+    return values
+
+
+def resolve(text: str, secrets: dict[str, str], where: str) -> str:
+    """Fill ${NAME} references in text; a missing one names the variable, never a value."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in secrets:
+            raise LaunchError(f"{where} refers to ${{{name}}}, which is neither in the "
+                              "secrets_file nor in the environment")
+        return secrets[name]
+
+    return SECRET_REFERENCE.sub(lookup, text)
+
+
+def broker_urls(site: Site, secrets: dict[str, str]) -> list[str]:
+    return [resolve(url, secrets, f"broker.urls[{index}]")
+            for index, url in enumerate(site.broker.urls)]
+
+
+def flower_credentials(site: Site, secrets: dict[str, str]) -> tuple[str, str] | None:
+    """The first Flower user and password, to check that auth is really enforced."""
+    if not site.flower.auth:
+        return None
+    user = site.flower.auth[0]
+    return user.user, resolve(user.password, secrets, "flower.auth[0].password")
+
+
+def masker_for(secrets: dict[str, str]) -> Masker:
+    return Masker(secrets.values())
+
+
+def secrets_file_warning(site: Site) -> str | None:
+    """A warning when the secrets file can be read by other users."""
+    if not site.secrets_file:
+        return None
+    try:
+        mode = Path(site.secrets_file).stat().st_mode & 0o777
+    except OSError:
+        return None
+    if mode & 0o077:
+        return (f"the secrets file {site.secrets_file} is readable by others (mode "
+                f"{mode:04o}); chmod 600 it")
+    return None
+
+
+def _referenced_names(site: Site) -> set[str]:
+    texts = [*site.broker.urls, site.results.backend or "",
+             *(user.password for user in site.flower.auth)]
+    return {name for text in texts for name in SECRET_REFERENCE.findall(text)}

@@ -1,0 +1,213 @@
+"""`crate-deploy launch` (foreground) and `stop`: run the rendered units as systemd would.
+
+The unit files are the one source of truth: each service runs with exactly the
+command line, environment, environment files and working directory its unit holds.
+launch waits until every pool answers a ping and consumes its queues and Flower
+answers, then supervises until Ctrl-C / SIGTERM / `crate-deploy stop`, which stop
+the fleet warmly (SIGTERM to each main process; running tasks finish).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crate_deploy import probe
+from crate_deploy.deployment import (
+    Deployment,
+    broker_urls,
+    flower_credentials,
+    load_deployment,
+    masker_for,
+    read_secrets,
+    secrets_file_warning,
+)
+from crate_deploy.errors import LaunchError
+from crate_deploy.launch_state import (
+    clear_launch_state,
+    launcher_pid,
+    save_launch_state,
+)
+from crate_deploy.secrets import Masker
+from crate_deploy.supervise import (
+    LinePrinter,
+    ProcessSpec,
+    Supervisor,
+    SupervisorResult,
+    process_spec_from_service,
+    stop_on_signals,
+)
+from crate_deploy.units import UnitError, load_service
+from crate_deploy.write import ensure_directory
+
+NAME = "crate-deploy"
+# What systemd gives a service besides its unit's settings; the rest comes from the unit.
+INHERITED = ("PATH", "LANG", "LC_ALL", "HOME", "USER", "LOGNAME", "TZ")
+
+
+class MaskingSink:
+    """A text stream that masks secrets in every write, one whole write at a time."""
+
+    def __init__(self, sink: Any, mask: Masker) -> None:
+        self._sink, self._mask, self._lock = sink, mask, threading.Lock()
+
+    def write(self, text: str) -> object:
+        with self._lock:
+            return self._sink.write(self._mask(text))
+
+    def flush(self) -> object:
+        return self._sink.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._sink, "isatty", lambda: False)())
+
+
+@dataclass
+class _Fleet:
+    deployment: Deployment
+    urls: list[str]
+    secrets: dict[str, str]
+    supervisor: Supervisor
+    say: LinePrinter
+
+
+def launch_command(directory: Path, *, timeout: float) -> int:
+    deployment = load_deployment(directory)
+    site = deployment.site
+    secrets = read_secrets(site)
+    mask = masker_for(secrets)
+    sink = MaskingSink(sys.stdout, mask)
+    running = launcher_pid(deployment)
+    if running is not None:
+        raise LaunchError(f"{directory} is already launched (pid {running}); "
+                          f"`crate-deploy stop {directory}` stops it")
+    urls = broker_urls(site, secrets)
+    probe.check_broker(urls, mask)
+    specs = _process_specs(deployment)
+    ensure_directory(Path(deployment.state_dir))
+    say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
+    if warning := secrets_file_warning(site):
+        say.line(NAME, f"warning: {warning}")
+    # One printer for the services and for us: one name width, one lock.
+    fleet = _Fleet(deployment, urls, secrets, Supervisor(
+        specs, printer=say, on_start=lambda name, pid: _record(fleet)), say)
+    return _supervise(fleet, timeout)
+
+
+def stop_command(directory: Path, *, timeout: float | None = None) -> int:
+    """Ask a foreground launch (found through its state file) to stop, and wait for it."""
+    deployment = load_deployment(directory)
+    pid = launcher_pid(deployment)
+    if pid is None:
+        print(f"{NAME}: nothing launched from {directory} is running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    limit = timeout if timeout is not None else _longest_stop(deployment) + 30.0
+    print(f"{NAME}: asked launch (pid {pid}) to stop; running tasks may take up to "
+          f"{limit:g}s to finish")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if launcher_pid(deployment) is None:
+            print(f"{NAME}: stopped")
+            return 0
+        time.sleep(0.2)
+    raise LaunchError(f"launch (pid {pid}) did not stop within {limit:g}s")
+
+
+def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
+    base = {key: os.environ[key] for key in INHERITED if key in os.environ}
+    try:
+        return [process_spec_from_service(load_service(deployment.unit_dir / name, base))
+                for name in deployment.services]
+    except UnitError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def _supervise(fleet: _Fleet, timeout: float) -> int:
+    outcome: list[SupervisorResult] = []
+    thread = threading.Thread(target=lambda: outcome.append(fleet.supervisor.run()),
+                              name="supervisor", daemon=True)
+    with stop_on_signals(fleet.supervisor):
+        thread.start()
+        try:
+            ready = _wait_until_ready(fleet, thread, timeout)
+            if not ready and thread.is_alive():
+                fleet.supervisor.request_stop()
+            while thread.is_alive():
+                thread.join(0.2)  # short joins keep signal handlers responsive
+        finally:
+            clear_launch_state(fleet.deployment)
+    return _conclude(fleet, outcome[0] if outcome else None, ready)
+
+
+def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -> bool:
+    site = fleet.deployment.site
+    app = probe.control_app(fleet.urls, timeout=3.0)
+    credentials = flower_credentials(site, fleet.secrets)
+    started, last_report = time.monotonic(), ""
+    try:
+        while thread.is_alive():
+            health = probe.FleetHealth(pools=probe.pool_health(app, site, probe.hostname()))
+            if site.flower.enabled:
+                health.flower = probe.flower_health(site, credentials)
+            missing = health.missing()
+            elapsed = time.monotonic() - started
+            if not missing:
+                fleet.say.line(NAME, f"ready in {elapsed:.1f}s: {_summary(fleet, health)}")
+                fleet.say.line(NAME, "Ctrl-C (or `crate-deploy stop`) stops the fleet warmly: "
+                               "running tasks finish")
+                return True
+            if elapsed > timeout:
+                fleet.say.line(NAME, f"error: not ready after {timeout:g}s: {'; '.join(missing)}")
+                return False
+            report = f"waiting for {', '.join(m.split(' (')[0] for m in missing)}"
+            if report != last_report:
+                fleet.say.line(NAME, f"{report} ({elapsed:.0f}s)")
+                last_report = report
+            time.sleep(0.5)
+    finally:
+        app.close()
+    return False
+
+
+def _summary(fleet: _Fleet, health: probe.FleetHealth) -> str:
+    parts = [f"{pool.node} on {', '.join(pool.queues)}" for pool in health.pools]
+    if fleet.deployment.site.beat.enabled:
+        parts.append("beat")
+    if health.flower:
+        parts.append(f"Flower at {health.flower.url} ({health.flower.detail})")
+    return "; ".join(parts)
+
+
+def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> int:
+    if result is None:
+        raise LaunchError("the supervisor ended without a result")
+    if result.crash_loop is not None:
+        fleet.say.line(NAME, f"error: {result.crash_loop.describe()}")
+        return 1
+    if result.killed_after_timeout:
+        fleet.say.line(NAME, "error: killed after the stop timeout (tasks may have been "
+                       f"interrupted): {', '.join(result.killed_after_timeout)}")
+        return 1
+    if not ready:
+        return 1
+    fleet.say.line(NAME, "stopped" + ("" if result.clean else " (some exits were not clean: "
+                                      f"{result.exit_statuses})"))
+    return 0 if result.clean else 1
+
+
+def _record(fleet: _Fleet) -> None:
+    save_launch_state(fleet.deployment, fleet.supervisor.pids())
+
+
+def _longest_stop(deployment: Deployment) -> float:
+    from crate_deploy.checks import stop_timeout
+
+    site = deployment.site
+    return max([stop_timeout(site, worker) for worker in site.workers] + [60.0])

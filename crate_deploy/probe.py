@@ -1,0 +1,187 @@
+"""Is the fleet up? Ask the broker, the workers and Flower, the way an operator would.
+
+Used by launch (repeatedly, until everything is ready) and by status (once). Talks
+to the broker with crate-deploy's own kombu/Celery, never through the
+application's app object, so it works without importing the application.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from crate_deploy.errors import LaunchError
+from crate_deploy.layout import node_name
+from crate_deploy.model import Site
+from crate_deploy.secrets import Masker
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    name: str
+    node: str
+    answering: bool
+    queues: list[str]
+    expected: list[str]
+
+    @property
+    def up(self) -> bool:
+        return self.answering and sorted(self.queues) == sorted(self.expected)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    name: str
+    ready: int | None
+    unacked: int
+    consumers: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FlowerHealth:
+    url: str
+    up: bool
+    detail: str
+
+
+@dataclass
+class FleetHealth:
+    pools: list[PoolHealth] = field(default_factory=list)
+    queues: list[QueueDepth] = field(default_factory=list)
+    flower: FlowerHealth | None = None
+
+    def missing(self) -> list[str]:
+        """What is not up yet, in words."""
+        missing = [f"pool {pool.name} ({pool.node}: "
+                   f"{_pool_problem(pool)})" for pool in self.pools if not pool.up]
+        if self.flower and not self.flower.up:
+            missing.append(f"Flower ({self.flower.url}: {self.flower.detail})")
+        return missing
+
+
+def _pool_problem(pool: PoolHealth) -> str:
+    if not pool.answering:
+        return "no answer to ping"
+    return f"consumes {', '.join(pool.queues) or 'nothing'}, expected {', '.join(pool.expected)}"
+
+
+def control_app(urls: list[str], timeout: float) -> Any:
+    """A bare Celery app on the site's broker, for control commands and queue checks."""
+    from celery import Celery
+
+    app = Celery("crate-deploy-probe", broker=urls, set_as_current=False)
+    app.conf.update(broker_connection_timeout=timeout, broker_connection_retry=False,
+                    broker_connection_max_retries=0, accept_content=["json"],
+                    task_serializer="json", result_backend=None)
+    return app
+
+
+def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
+    """Raise a clear LaunchError (URL masked) unless at least one broker URL answers."""
+    from kombu.connection import Connection
+
+    failures = []
+    for url in urls:
+        try:
+            with Connection(url, connect_timeout=timeout) as connection:  # type: ignore[no-untyped-call]
+                connection.ensure_connection(max_retries=0, timeout=timeout)
+                return
+        except Exception as exc:  # any failure means "unreachable"
+            failures.append(f"{mask(url)}: {mask(str(exc)) or type(exc).__name__}")
+    raise LaunchError("the broker is unreachable: " + "; ".join(failures))
+
+
+def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0) -> list[PoolHealth]:
+    nodes = {worker.name: node_name(worker).replace("%h", hostname) for worker in site.workers}
+    control = app.control
+    replies = control.ping(destination=list(nodes.values()), timeout=timeout) or []
+    answering = {node for reply in replies for node in reply}
+    inspect = control.inspect(destination=sorted(answering), timeout=timeout)
+    active = (inspect.active_queues() or {}) if answering else {}
+    return [PoolHealth(worker.name, nodes[worker.name], nodes[worker.name] in answering,
+                       sorted(queue["name"] for queue in active.get(nodes[worker.name], [])),
+                       sorted(worker.queues)) for worker in site.workers]
+
+
+def queue_depths(app: Any, site: Site, timeout: float = 1.0) -> list[QueueDepth]:
+    """Ready messages and consumers by passive declare (no management plugin needed);
+    unacknowledged = tasks the workers hold (running or reserved) from each queue."""
+    unacked = _held_by_workers(app, timeout)
+    depths = []
+    with app.connection_for_write() as connection:
+        for name in site.queue_names:
+            channel = connection.channel()
+            try:
+                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
+                depths.append(QueueDepth(name, ready, unacked[name], consumers))
+            except Exception as exc:  # a missing queue closes the channel
+                depths.append(QueueDepth(name, None, unacked[name], None,
+                                         _short(exc) or "not declared yet"))
+            finally:
+                _close_quietly(channel)
+    return depths
+
+
+def flower_health(site: Site, credentials: tuple[str, str] | None,
+                  timeout: float = 2.0) -> FlowerHealth:
+    """Flower answers its health check, and refuses the UI without credentials."""
+    flower = site.flower
+    host = "127.0.0.1" if flower.address in ("0.0.0.0", "", "::") else flower.address  # noqa: S104
+    base = f"http://{host}:{flower.port}/" + (f"{flower.url_prefix}/" if flower.url_prefix else "")
+    status = _http_status(base + "healthcheck", None, timeout)
+    if status != 200:
+        return FlowerHealth(base, False, f"health check answered {status or 'nothing'}")
+    if credentials is None:
+        return FlowerHealth(base, True, "up, no auth (loopback only)")
+    anonymous = _http_status(base, None, timeout)
+    if anonymous != 401:
+        return FlowerHealth(base, False, f"answers {anonymous} without credentials")
+    with_auth = _http_status(base, credentials, timeout)
+    if with_auth != 200:
+        return FlowerHealth(base, False, f"refuses the site's own credentials ({with_auth})")
+    return FlowerHealth(base, True, f"up, auth enforced (user {credentials[0]})")
+
+
+def hostname() -> str:
+    """What Celery's %h expands to on this machine."""
+    return socket.gethostname()
+
+
+def _held_by_workers(app: Any, timeout: float) -> Counter[str]:
+    inspect = app.control.inspect(timeout=timeout)
+    held: Counter[str] = Counter()
+    for replies in (inspect.active() or {}, inspect.reserved() or {}):
+        for tasks in replies.values():
+            for task in tasks:
+                held[task.get("delivery_info", {}).get("routing_key", "?")] += 1
+    return held
+
+
+def _http_status(url: str, credentials: tuple[str, str] | None, timeout: float) -> int | None:
+    request = urllib.request.Request(url)  # noqa: S310 - http to the site's own Flower
+    if credentials:
+        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _close_quietly(channel: Any) -> None:
+    with contextlib.suppress(Exception):  # the broker may already have closed it
+        channel.close()
