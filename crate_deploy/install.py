@@ -1,0 +1,259 @@
+"""`crate-deploy launch --systemd`: install a rendered site into systemd, enable and start it.
+
+The rendered units go into the system unit directory (or the user's, with --user), the
+config files into the site's config_dir when that is not the render directory itself,
+all reported like Ansible (created / changed / unchanged / removed) by write.py, which
+also refuses to overwrite a file crate-deploy did not install. Then, like an Ansible
+handler, only the services whose own files changed are restarted.
+
+With --root the tree below ROOT is an image: systemctl enables the units offline and
+nothing is started (what would be restarted is printed). Without --root the host's
+systemd manager does the rest; when there is none (a container whose PID 1 is not
+systemd) the files are still installed and enabled -- what a Dockerfile step wants --
+and the start step says why it cannot run, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+
+from crate_deploy import layout
+from crate_deploy.deployment import Deployment, load_deployment
+from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.render import RenderedFile
+from crate_deploy.write import FileChange, apply_install, plan_install, read_install_record
+
+INSTALL_MANIFEST = ".crate-deploy-installed.json"
+SYSTEM_UNIT_DIR = "/etc/systemd/system"
+# sd_booted(3): this directory exists only when systemd is PID 1.
+BOOTED_MARKER = Path("/run/systemd/system")
+SYSTEMCTL_TIMEOUT = 300.0
+_COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
+
+
+def install_command(directory: Path, *, user: bool, root: Path | None,
+                    start: bool = True) -> int:
+    """Install DIR's units (and config) into systemd, enable them, start or restart them."""
+    deployment = _checked_scope(load_deployment(directory), user)
+    root = _checked_root(root, user)
+    systemctl = _Systemctl(user=user, root=root)
+    # Asked before installing, so removed units are stopped as well as disabled.
+    problem = None if root else manager_problem(user)
+    live = root is None and problem is None
+    prefix = root or Path("/")
+    changes, restart = _install(deployment, prefix, systemctl, live=live)
+    systemctl.run("enable", *deployment.units)
+    click.echo(f"enabled: {' '.join(deployment.units)}")
+    changed = sum(change.status != "unchanged" for change in changes)
+    summary = (f"{changed} file(s) changed, {len(changes) - changed} unchanged; "
+               f"{len(deployment.units)} unit(s) enabled in "
+               f"{_show(prefix, _installed_units(deployment))}")
+    if not live or not start:
+        return _not_started(deployment, restart, summary, root=root,
+                            problem=problem if start else None)
+    if restart:
+        systemctl.run("try-restart", *restart)
+    click.echo(f"restarted: {' '.join(restart) or '(nothing)'}")
+    systemctl.run("start", deployment.target)
+    click.echo(f"{summary}; {deployment.target} started")
+    return 0
+
+
+def _install(deployment: Deployment, prefix: Path, systemctl: _Systemctl, *,
+             live: bool) -> tuple[list[FileChange], list[str]]:
+    """Put the files in place (reported); return the changes and the services to restart."""
+    manifest = f"{deployment.config_dir}/{INSTALL_MANIFEST}"
+    record = read_install_record(prefix, manifest)
+    files, config = install_files(deployment, prefix)
+    places = (_installed_units(deployment), deployment.config_dir)
+    changes = plan_install(prefix, record, files, places)
+    _report(prefix, changes)
+    removed = [Path(change.path).name for change in changes if change.status == "removed"
+               and change.path.startswith(f"{_installed_units(deployment)}/")]
+    if removed:  # while their files are still there to say what to disable
+        systemctl.run("disable", *(["--now"] if live else []), *removed)
+    apply_install(prefix, manifest, changes, config)
+    if live and any(change.status != "unchanged" for change in changes):
+        systemctl.run("daemon-reload")
+    return changes, services_to_restart(deployment, changes, record.config, config)
+
+
+def _checked_scope(deployment: Deployment, user: bool) -> Deployment:
+    """The site must have been rendered for the manager we install into."""
+    scope = deployment.site.systemd.scope
+    if user != (scope == "user"):
+        how = "add --user" if scope == "user" else "run it without --user"
+        raise UsageError(f"{deployment.directory} was rendered for the {scope} manager "
+                         f"(systemd.scope: {scope}): {how}")
+    if not deployment.config_dir.startswith("/"):
+        raise LaunchError(f"config_dir {deployment.config_dir!r} is not absolute; render again")
+    return deployment
+
+
+def _installed_units(deployment: Deployment) -> str:
+    return unit_dir(deployment.site.systemd.scope == "user")
+
+
+def unit_dir(user: bool) -> str:
+    """Where systemctl looks for the units we install (systemd.unit(5), "unit load path")."""
+    if not user:
+        return SYSTEM_UNIT_DIR
+    # systemctl itself honours XDG_CONFIG_HOME (when absolute), so must we.
+    config_home = os.environ.get("XDG_CONFIG_HOME", "")
+    if not config_home.startswith("/"):
+        config_home = str(Path.home() / ".config")
+    return f"{config_home.rstrip('/')}/systemd/user"
+
+
+def _checked_root(root: Path | None, user: bool) -> Path | None:
+    if root is None:
+        return None
+    if user:
+        # systemctl refuses --user with --root ("Invalid argument"): user units of an
+        # image have no home to go to until someone logs in.
+        raise UsageError("--user cannot be combined with --root: systemctl only enables "
+                         "system units in another root")
+    if not root.is_dir():
+        raise UsageError(f"--root {root}: no such directory")
+    return root.resolve()
+
+
+def install_files(deployment: Deployment,
+                  prefix: Path) -> tuple[list[RenderedFile], dict[str, str]]:
+    """The files to install (absolute paths) and the hashes of the config the services read.
+
+    The config files are copied only when config_dir (below the root) is not DIR itself;
+    their hashes are kept either way, so the next launch knows what changed since.
+    """
+    directory = deployment.directory
+    files = [_source(directory / layout.UNIT_DIR / name, f"{_installed_units(deployment)}/{name}")
+             for name in deployment.units]
+    config_files = [_source(directory / name, f"{deployment.config_dir}/{name}")
+                    for name in deployment.config_files]
+    if (prefix / deployment.config_dir.lstrip("/")).resolve() != directory.resolve():
+        files.extend(config_files)
+    config = {Path(file.path).name: _sha256(file.content) for file in config_files
+              if Path(file.path).name != layout.DEPLOYMENT_FILE}
+    return files, config
+
+
+def _source(path: Path, destination: str) -> RenderedFile:
+    try:
+        content = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        raise LaunchError(f"{path} is missing: render again") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LaunchError(f"cannot read {path}: {exc}") from None
+    return RenderedFile(destination, content, mode)
+
+
+def services_to_restart(deployment: Deployment, changes: list[FileChange],
+                        before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The running services whose own files changed, in start order (Ansible handlers).
+
+    A new unit is not running yet (starting the target starts it); a changed unit
+    restarts its service; changed shared config restarts every service, and a changed
+    flowerconfig.py restarts Flower. Config counts as changed when its copy changed or
+    its content differs from what the previous launch started the services with.
+    """
+    changed = {change.path for change in changes if change.status == "changed"}
+    config = {name for name, digest in after.items() if before.get(name, digest) != digest}
+    config |= {name for name in after if f"{deployment.config_dir}/{name}" in changed}
+    if config & deployment.shared_files:
+        return list(deployment.services)
+    flower = layout.flower_unit(deployment.site)
+    return [service for service in deployment.services
+            if f"{_installed_units(deployment)}/{service}" in changed
+            or (service == flower and layout.FLOWER_CONFIG in config)]
+
+
+def manager_problem(user: bool) -> str | None:
+    """Why no systemd manager can start units here, or None when one can."""
+    if not BOOTED_MARKER.is_dir():
+        return f"systemd is not running here (PID 1 is {_pid1()})"
+    if not user:
+        return None
+    try:
+        result = subprocess.run(["systemctl", "--user", "show", "--property=Version"],
+                                capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"no systemd user manager answers ({exc})"
+    if result.returncode != 0:
+        return (f"no systemd user manager answers for {_user_name()} "
+                f"({result.stderr.strip() or 'systemctl --user failed'}); log in, or "
+                f"`loginctl enable-linger {_user_name()}`")
+    return None
+
+
+def _not_started(deployment: Deployment, restart: list[str], summary: str, *,
+                 root: Path | None, problem: str | None) -> int:
+    """--root, --no-start, or no manager: say what would happen, and how to make it happen."""
+    click.echo(f"would restart: {' '.join(restart) or '(nothing)'}")
+    user = deployment.site.systemd.scope == "user"
+    start = f"`systemctl{' --user' if user else ''} start {deployment.target}`"
+    if root is not None:
+        click.echo(f"{summary}; nothing started: {deployment.target} starts when {root} boots")
+    elif problem is None:
+        click.echo(f"{summary}; nothing started: start them with {start}")
+    else:
+        click.echo(f"crate-deploy: {problem}: installed and enabled {len(deployment.units)} "
+                   f"units under {_installed_units(deployment)}; start them with {start} on a "
+                   "systemd "
+                   "host", err=True)
+        return 1
+    return 0
+
+
+class _Systemctl:
+    """systemctl for one scope and root; a failure is a LaunchError with its own words."""
+
+    def __init__(self, *, user: bool, root: Path | None) -> None:
+        self.options = (["--user"] if user else []) + ([f"--root={root}"] if root else [])
+        if shutil.which("systemctl") is None:
+            raise LaunchError("systemctl is not installed here: launch --systemd needs "
+                              "systemd (or run the fleet in the foreground with `launch`)")
+
+    def run(self, command: str, *args: str) -> None:
+        quiet = ["--quiet"] if command in ("enable", "disable") else []
+        argv = ["systemctl", *self.options, *quiet, command, *args]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                    timeout=SYSTEMCTL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise LaunchError(f"`{' '.join(argv)}` did not finish within "
+                              f"{SYSTEMCTL_TIMEOUT:.0f}s") from None
+        if result.returncode != 0:
+            said = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
+            raise LaunchError(f"`{' '.join(argv)}` failed: {said}")
+
+
+def _report(prefix: Path, changes: list[FileChange]) -> None:
+    for change in changes:
+        status = click.style(f"{change.status:>9}", fg=_COLOURS[change.status])
+        click.echo(f"{status}  {_show(prefix, change.path)}")
+
+
+def _show(prefix: Path, path: str) -> str:
+    return str(prefix / path.lstrip("/"))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _pid1() -> str:
+    try:
+        return Path("/proc/1/comm").read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _user_name() -> str:
+    return os.environ.get("USER") or str(os.getuid())

@@ -1,0 +1,311 @@
+"""launch --systemd (install.py): install into a root, enable offline, restart like handlers.
+
+Everything here runs offline: with --root, systemctl only makes symlinks in the tree;
+without it, only on a host where no systemd manager runs (this one), in a user scope
+whose home is a temporary directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crate_deploy import install
+from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.install import INSTALL_MANIFEST, install_command
+from crate_deploy.render import render_site
+from crate_deploy.validate import validate_file
+from crate_deploy.versions import NEWEST_KNOWN
+from crate_deploy.write import apply_changes, plan_changes
+from tests.conftest import EXAMPLES
+from tests.unit_checks import verify_units
+
+CRATE_SERVICES = ["crate-worker-consent.service", "crate-worker-maintenance.service",
+                  "crate-beat.service", "crate-flower.service"]
+CRATE_CONFIG = Path("etc/crate-deploy/crate")
+UNITS = Path("etc/systemd/system")
+STATUSES = ("created", "changed", "unchanged", "removed")
+
+
+def render(site_path: Path, out: Path) -> Path:
+    """What `crate-deploy render SITE -o OUT` writes, for the newest known Celery."""
+    site = validate_file(site_path).site
+    config_dir = site.paths.config_dir or str(out.resolve())
+    files = render_site(site, str(site_path), config_dir, NEWEST_KNOWN).files
+    apply_changes(out, plan_changes(out, files))
+    return out
+
+
+def launch(out: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = install_command(out, user=False, root=root)
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    return code, captured.out
+
+
+def statuses(output: str) -> dict[str, str]:
+    """File name -> what the launch did to it."""
+    found = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in STATUSES:
+            found[Path(parts[1]).name] = parts[0]
+    return found
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture
+def crate_site(tmp_path: Path) -> Path:
+    """A copy of CRATE's site file, to edit between renders (rendered from the same path)."""
+    site = tmp_path / "site.yaml"
+    shutil.copy(EXAMPLES / "site.yaml", site)
+    return site
+
+
+def verify(rendered_units: Path, root: Path) -> str:
+    """systemd-analyze verify in the root (ExecStart programs stubbed); returns its stderr.
+
+    verify_units copies the rendered units over the installed ones: the same bytes
+    (asserted by the callers), so what it checks is what was installed.
+    """
+    result = verify_units(rendered_units, root)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+def test_crate_example_is_installed_enabled_and_verified(
+        tmp_path: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = render(EXAMPLES / "site.yaml", tmp_path / "out")
+    code, output = launch(out, root, capsys)
+    assert code == 0
+    units = ["crate.target", *CRATE_SERVICES]
+    config = ["crate_deploy_app.py", "crate_deploy_celeryconfig.py", "flowerconfig.py",
+              "crate.env", "deployment.json"]
+    assert statuses(output) == dict.fromkeys(units + config, "created")
+    for unit in units:
+        assert (root / UNITS / unit).read_bytes() == (out / "systemd" / unit).read_bytes()
+    for name in config:
+        assert (root / CRATE_CONFIG / name).read_bytes() == (out / name).read_bytes()
+    assert (root / CRATE_CONFIG / INSTALL_MANIFEST).is_file()
+    # The symlinks are systemctl's own, made offline in the root.
+    wants = root / UNITS / "multi-user.target.wants/crate.target"
+    assert wants.readlink() == Path("/etc/systemd/system/crate.target")
+    enabled = sorted(p.name for p in (root / UNITS / "crate.target.wants").iterdir())
+    assert enabled == sorted(CRATE_SERVICES)
+    assert "would restart: (nothing)" in output
+    assert output.splitlines()[-1].startswith("10 file(s) changed, 0 unchanged; 5 unit(s) "
+                                              f"enabled in {root / UNITS}")
+    assert verify(out / "systemd", root) == ""
+
+
+def test_demo_example_config_goes_into_the_root_too(
+        tmp_path: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """config_dir defaults to the render directory; an image needs its own copy of it."""
+    out = render(EXAMPLES / "demo/site.yaml", tmp_path / "out")
+    assert launch(out, root, capsys)[0] == 0
+    copied = root / str(out.resolve()).lstrip("/")
+    assert (copied / "crate_deploy_celeryconfig.py").read_bytes() == (
+        out / "crate_deploy_celeryconfig.py").read_bytes()
+    assert (root / UNITS / "demo.target.wants/demo-worker-slow.service").is_symlink()
+    assert not (out / INSTALL_MANIFEST).exists()  # the render directory is left as it was
+    for unit in (out / "systemd").iterdir():
+        assert (root / UNITS / unit.name).read_bytes() == unit.read_bytes()
+    assert verify(out / "systemd", root) == ""
+
+
+def test_second_launch_changes_nothing(
+        tmp_path: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = render(EXAMPLES / "site.yaml", tmp_path / "out")
+    launch(out, root, capsys)
+    before = snapshot(root)
+    code, output = launch(out, root, capsys)
+    assert code == 0
+    assert set(statuses(output).values()) == {"unchanged"}
+    assert len(statuses(output)) == 10
+    assert "would restart: (nothing)" in output
+    assert snapshot(root) == before  # same bytes and mtimes, manifest included
+
+
+def test_changed_pool_restarts_only_its_worker(
+        tmp_path: Path, crate_site: Path, root: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = render(crate_site, tmp_path / "out")
+    launch(out, root, capsys)
+    crate_site.write_text(crate_site.read_text().replace("concurrency: 4", "concurrency: 8"))
+    render(crate_site, out)
+    code, output = launch(out, root, capsys)
+    assert code == 0
+    changed = {name for name, status in statuses(output).items() if status != "unchanged"}
+    assert changed == {"crate-worker-consent.service", "deployment.json"}
+    assert "would restart: crate-worker-consent.service\n" in output
+
+
+def test_shared_config_change_restarts_every_service(
+        tmp_path: Path, crate_site: Path, root: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = render(crate_site, tmp_path / "out")
+    launch(out, root, capsys)
+    crate_site.write_text(crate_site.read_text().replace("expires: 86400", "expires: 3600"))
+    render(crate_site, out)
+    _, output = launch(out, root, capsys)
+    assert statuses(output)["crate_deploy_celeryconfig.py"] == "changed"
+    assert {name for name, status in statuses(output).items() if name.endswith(".service")
+            and status == "changed"} == set()
+    assert f"would restart: {' '.join(CRATE_SERVICES)}\n" in output
+
+
+def test_flower_config_change_restarts_only_flower(
+        tmp_path: Path, crate_site: Path, root: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = render(crate_site, tmp_path / "out")
+    launch(out, root, capsys)
+    crate_site.write_text(crate_site.read_text().replace("max_tasks: 10000", "max_tasks: 500"))
+    render(crate_site, out)
+    _, output = launch(out, root, capsys)
+    assert statuses(output)["flowerconfig.py"] == "changed"
+    assert "would restart: crate-flower.service\n" in output
+
+
+def test_pool_no_longer_rendered_is_removed_and_disabled(
+        tmp_path: Path, crate_site: Path, root: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    original = crate_site.read_text()
+    crate_site.write_text(original.replace(
+        "workers:\n", "workers:\n  - name: extra\n    queues: [email]\n"))
+    out = render(crate_site, tmp_path / "out")
+    launch(out, root, capsys)
+    assert (root / UNITS / "crate.target.wants/crate-worker-extra.service").is_symlink()
+    crate_site.write_text(original)
+    render(crate_site, out)
+    code, output = launch(out, root, capsys)
+    assert code == 0
+    assert statuses(output)["crate-worker-extra.service"] == "removed"
+    assert not (root / UNITS / "crate-worker-extra.service").exists()
+    assert not (root / UNITS / "crate.target.wants/crate-worker-extra.service").is_symlink()
+    assert (root / UNITS / "crate.target.wants/crate-worker-consent.service").is_symlink()
+
+
+def test_foreign_file_at_a_unit_path_is_refused_and_left_alone(
+        tmp_path: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = render(EXAMPLES / "site.yaml", tmp_path / "out")
+    mine = root / UNITS / "crate-beat.service"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("# my own beat\n")
+    with pytest.raises(LaunchError, match=r"crate-beat\.service exists and was not "
+                                          "installed by crate-deploy"):
+        install_command(out, user=False, root=root)
+    assert mine.read_text() == "# my own beat\n"
+    # Refused before anything was written or enabled.
+    assert [p.relative_to(root) for p in sorted(root.rglob("*")) if not p.is_dir()] == [
+        UNITS / "crate-beat.service"]
+
+
+def test_no_rendered_site(tmp_path: Path, root: Path) -> None:
+    with pytest.raises(UsageError, match=r"no rendered site in .*: run `crate-deploy render "):
+        install_command(tmp_path, user=False, root=root)
+
+
+def test_scope_must_match_the_rendered_site(tmp_path: Path, root: Path) -> None:
+    out = render(EXAMPLES / "site.yaml", tmp_path / "out")
+    with pytest.raises(UsageError, match="rendered for the system manager"):
+        install_command(out, user=True, root=None)
+    with pytest.raises(UsageError, match="--user cannot be combined with --root"):
+        install_command(render(user_site(tmp_path), tmp_path / "user"), user=True, root=root)
+
+
+def user_site(tmp_path: Path) -> Path:
+    """The demo site, run by the user's own systemd manager."""
+    shutil.copytree(EXAMPLES / "demo", tmp_path / "demo")
+    site = tmp_path / "demo/site.yaml"
+    site.write_text(site.read_text() + "systemd:\n  scope: user\n")
+    return site
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").exists(),
+                    reason="a systemd manager runs here: this would start the demo fleet")
+def test_without_a_manager_units_are_installed_and_the_start_step_says_why_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Dockerfile step: install and enable now, start when the image boots systemd."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    site = user_site(tmp_path)
+    out = render(site, tmp_path / "out")
+    assert install_command(out, user=True, root=None) == 1
+    captured = capsys.readouterr()
+    unit_dir = home / ".config/systemd/user"
+    assert captured.err.startswith("crate-deploy: systemd is not running here (PID 1 is ")
+    assert (f"installed and enabled 5 units under {unit_dir}; start them with "
+            "`systemctl --user start demo.target` on a systemd host") in captured.err
+    assert statuses(captured.out)["demo-worker-quick.service"] == "created"
+    assert (unit_dir / "default.target.wants/demo.target").is_symlink()
+    assert (unit_dir / "demo.target.wants/demo-beat.service").is_symlink()
+
+    # config_dir is the render directory: nothing copied, but the next launch still
+    # knows the Celery config changed since this one.
+    site.write_text(site.read_text().replace("concurrency: 2", "concurrency: 3") +
+                    "results:\n  expires: 60\n")
+    render(site, out)
+    assert install_command(out, user=True, root=None) == 1
+    output = capsys.readouterr().out
+    assert statuses(output)["demo-worker-slow.service"] == "changed"
+    assert ("would restart: demo-worker-quick.service demo-worker-slow.service "
+            "demo-beat.service demo-flower.service\n") in output
+
+
+def test_with_a_manager_only_changed_services_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The live sequence, against a stand-in systemctl that logs what it is asked to do.
+
+    (The real one cannot be used: no manager runs here, and tests never start services.)
+    """
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(install, "BOOTED_MARKER", tmp_path)  # "systemd is PID 1"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    site = user_site(tmp_path)
+    out = render(site, tmp_path / "out")
+    units = "demo.target demo-worker-quick.service demo-worker-slow.service " \
+            "demo-beat.service demo-flower.service"
+
+    def launch_live() -> list[str]:
+        log.unlink(missing_ok=True)
+        assert install_command(out, user=True, root=None) == 0
+        return log.read_text().splitlines()
+
+    assert launch_live() == ["--user show --property=Version", "--user daemon-reload",
+                             f"--user --quiet enable {units}", "--user start demo.target"]
+    assert "restarted: (nothing)" in capsys.readouterr().out
+    site.write_text(site.read_text().replace("concurrency: 2", "concurrency: 3"))
+    render(site, out)
+    assert launch_live() == ["--user show --property=Version", "--user daemon-reload",
+                             f"--user --quiet enable {units}",
+                             "--user try-restart demo-worker-slow.service",
+                             "--user start demo.target"]
+    assert "restarted: demo-worker-slow.service\n" in capsys.readouterr().out
+    assert launch_live() == ["--user show --property=Version",
+                             f"--user --quiet enable {units}", "--user start demo.target"]
+    site.write_text(site.read_text().replace("beat:\n  enabled: true", "beat:\n  enabled: false"))
+    render(site, out)
+    assert "--user --quiet disable --now demo-beat.service" in launch_live()
