@@ -117,6 +117,19 @@ def status(directory: Path, as_json: bool) -> int:
     return status_command(directory, as_json=as_json)
 
 
+@cli.command()
+@click.argument("queues", nargs=-1)
+@click.option("-C", "--directory", type=click.Path(path_type=Path, file_okay=False),
+              default=DEFAULT_OUTPUT_DIR, show_default=True, help="The render directory.")
+@click.option("--to", help="Move to this queue instead of the one each task came from.")
+@click.option("--dry-run", is_flag=True, help="List what is parked; move nothing.")
+def requeue(queues: tuple[str, ...], directory: Path, to: str | None, dry_run: bool) -> int:
+    """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them."""
+    from crate_deploy.requeue import requeue_command
+
+    return requeue_command(directory, queues, to=to, dry_run=dry_run)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `crate-deploy` program."""
     try:
