@@ -30,6 +30,7 @@ def test_wheel_installs_and_renders(tmp_path: Path) -> None:
     installed = subprocess.run([str(venv / "bin/python"), "-c",
                                 "import crate_deploy, pathlib; "
                                 "print(pathlib.Path(crate_deploy.__file__).parent)"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+                               capture_output=True, text=True, check=True,
+                               cwd=tmp_path).stdout.strip()
     assert (Path(installed) / "templates" / "service.j2").is_file()
     assert "site-packages" in installed
