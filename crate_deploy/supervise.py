@@ -9,6 +9,9 @@ SIGKILLed.  Whatever is left of a group once its main process is gone is
 SIGKILLed too, as systemd does, so nothing outlives the supervisor.  Children
 that leave the group with setsid() escape this; systemd's cgroups would not
 let them, a process group is the closest a foreground run gets.
+
+The rules it follows (Restart=, the backoff, the start limit, how exits are
+classified and printed) live in crate_deploy.process_policy.
 """
 
 from __future__ import annotations
@@ -20,190 +23,72 @@ import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
-from typing import IO, Literal, Protocol
+from typing import IO
 
-from crate_deploy.units import RestartPolicy, ServiceSpec, UnitError
+from crate_deploy.process_policy import (
+    BACKOFF_CAP_SEC,
+    CLEAN_SIGNALS,
+    STABLE_AFTER_SEC,
+    SYSTEM_NAME,
+    CrashLoop,
+    ExitKind,
+    KillMode,
+    LinePrinter,
+    ProcessSpec,
+    StartLimit,
+    SupervisorResult,
+    TextSink,
+    classify_exit,
+    describe_returncode,
+    process_spec_from_service,
+    restart_delay,
+    should_restart,
+    signal_name,
+)
 
-SYSTEM_NAME = "system"
+__all__ = [
+    "BACKOFF_CAP_SEC",
+    "CLEAN_SIGNALS",
+    "EXIT_CHDIR",
+    "EXIT_EXEC",
+    "STABLE_AFTER_SEC",
+    "SYSTEM_NAME",
+    "TAIL_LINES",
+    "CrashLoop",
+    "ExitKind",
+    "KillMode",
+    "LinePrinter",
+    "ProcessSpec",
+    "Supervisor",
+    "SupervisorResult",
+    "TextSink",
+    "classify_exit",
+    "describe_returncode",
+    "process_spec_from_service",
+    "restart_delay",
+    "should_restart",
+    "stop_on_signals",
+]
+
 TAIL_LINES = 40
-BACKOFF_CAP_SEC = 30.0
-STABLE_AFTER_SEC = 10.0  # a run this long resets the backoff
 EXIT_CHDIR = 200  # systemd's status when WorkingDirectory= cannot be entered
 EXIT_EXEC = 203  # systemd's status when the command cannot be executed
-CLEAN_SIGNALS = frozenset(
-    int(s) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
-)
 _MAX_LINE_BYTES = 64 * 1024  # print a runaway line without newline rather than hoard it
 _READ_BYTES = 64 * 1024
 _DRAIN_SEC = 0.5  # how long to wait for the last output once everything has exited
 _POLL_SEC = 0.1  # exit polling when the kernel offers no pidfd
 _IDLE_SEC = 1.0
-_PALETTE = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")
-
-KillMode = Literal["mixed", "control-group"]
-ExitKind = Literal["clean", "exit-code", "signal"]
-# systemd.service(5), Restart=: which kinds of exit each policy restarts after.
-_RESTART_AFTER: dict[str, frozenset[ExitKind]] = {
-    "no": frozenset(),
-    "always": frozenset(("clean", "exit-code", "signal")),
-    "on-success": frozenset(("clean",)),
-    "on-failure": frozenset(("exit-code", "signal")),
-    "on-abnormal": frozenset(("signal",)),
-    "on-abort": frozenset(("signal",)),
-    "on-watchdog": frozenset(),  # we run no watchdog
-}
-
-
-@dataclass
-class ProcessSpec:
-    """One supervised process; process_spec_from_service() builds it from a unit."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path | None = None  # None: the supervisor's own working directory
-    restart: RestartPolicy = "no"
-    restart_sec: float = 0.1
-    timeout_stop_sec: float = 90.0  # math.inf: wait forever
-    kill_signal: int = int(signal.SIGTERM)
-    start_limit_burst: int = 5  # 0 disables the start limit
-    start_limit_interval_sec: float = 10.0
-    kill_mode: KillMode = "mixed"
-    ignore_failure: bool = False  # ExecStart=-...: a failing exit counts as clean
-
-
-def process_spec_from_service(service: ServiceSpec) -> ProcessSpec:
-    if service.kill_mode not in ("mixed", "control-group"):
-        raise UnitError(
-            f"{service.name}: KillMode={service.kill_mode} leaves processes behind after a stop;"
-            " crate-deploy launch supports mixed and control-group"
-        )
-    return ProcessSpec(
-        name=service.name,
-        argv=list(service.argv),
-        env=dict(service.environment),
-        cwd=service.working_directory or Path("/"),  # where systemd starts a system service
-        restart=service.restart,
-        restart_sec=service.restart_sec,
-        timeout_stop_sec=service.timeout_stop_sec,
-        kill_signal=service.kill_signal,
-        start_limit_burst=service.start_limit_burst,
-        start_limit_interval_sec=service.start_limit_interval_sec,
-        kill_mode="mixed" if service.kill_mode == "mixed" else "control-group",
-        ignore_failure=service.ignore_failure,
-    )
-
-
-def classify_exit(spec: ProcessSpec, returncode: int) -> ExitKind:
-    """Sort an exit (a Popen returncode: negative means killed) for the Restart= table."""
-    if spec.ignore_failure or returncode == 0:
-        return "clean"
-    if returncode > 0:
-        return "exit-code"
-    return "clean" if -returncode in CLEAN_SIGNALS else "signal"
-
-
-def should_restart(policy: RestartPolicy, kind: ExitKind) -> bool:
-    return kind in _RESTART_AFTER[policy]
-
-
-def restart_delay(restart_sec: float, quick_exits: int, cap: float = BACKOFF_CAP_SEC) -> float:
-    """RestartSec= doubled for each quick exit in a row, up to the cap (or RestartSec=)."""
-    return min(restart_sec * 2.0 ** min(quick_exits, 32), max(cap, restart_sec))
-
-
-def describe_returncode(returncode: int) -> str:
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    return f"was killed by {_signal_name(-returncode)}"
-
-
-@dataclass(frozen=True)
-class CrashLoop:
-    """A process that hit its start limit (systemd: "start request repeated too quickly")."""
-
-    name: str
-    returncode: int
-    starts: int
-    interval_sec: float
-    last_lines: tuple[str, ...]
-
-    def describe(self) -> str:
-        return (
-            f"{self.name} {describe_returncode(self.returncode)} after {self.starts} starts"
-            f" within {self.interval_sec:g}s"
-        )
-
-
-@dataclass(frozen=True)
-class SupervisorResult:
-    clean: bool  # no crash loop, no stop timeout, and every last exit clean by systemd's rules
-    exit_statuses: dict[str, int | None]  # last returncode of each process; None: never ran
-    crash_loop: CrashLoop | None = None
-    killed_after_timeout: tuple[str, ...] = ()
-
-
-class TextSink(Protocol):
-    def write(self, text: str, /) -> object: ...
-    def flush(self) -> object: ...
-
-
-class LinePrinter:
-    """Prints whole `HH:MM:SS name | text` lines, one write each, under one lock."""
-
-    def __init__(self, sink: TextSink, names: Iterable[str], colour: bool | None = None) -> None:
-        names = list(names)
-        self._sink = sink
-        self._lock = threading.Lock()
-        self._width = max(len(name) for name in [*names, SYSTEM_NAME])
-        if colour is None:
-            isatty = getattr(sink, "isatty", None)
-            colour = bool(isatty and isatty())
-        palette = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
-        self._colours = palette if colour else {}
-
-    def line(self, name: str, text: str) -> None:
-        prefix = f"{time.strftime('%H:%M:%S')} {name.ljust(self._width)} |"
-        if name in self._colours:
-            prefix = f"\x1b[{self._colours[name]}m{prefix}\x1b[0m"
-        with self._lock:
-            self._sink.write(f"{prefix} {text}\n")
-            self._sink.flush()
-
-
-@dataclass
-class _StartLimit:
-    """systemd's start rate limit: at most `burst` starts in a window of `interval`."""
-
-    burst: int
-    interval: float
-    window_start: float = -math.inf
-    count: int = 0
-
-    def _window_open(self, at: float) -> bool:
-        return at - self.window_start <= self.interval
-
-    def allows(self, at: float) -> bool:
-        disabled = self.burst <= 0 or self.interval <= 0
-        return disabled or not self._window_open(at) or self.count < self.burst
-
-    def record(self, at: float) -> None:
-        if not self._window_open(at):
-            self.window_start, self.count = at, 0
-        self.count += 1
 
 
 @dataclass
 class _Child:
     spec: ProcessSpec
-    limit: _StartLimit
+    limit: StartLimit
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     popen: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
@@ -248,7 +133,7 @@ class Supervisor:
         if len(set(names)) != len(names):
             raise ValueError(f"process names must be unique: {names}")
         self._children = [
-            _Child(spec, _StartLimit(spec.start_limit_burst, spec.start_limit_interval_sec))
+            _Child(spec, StartLimit(spec.start_limit_burst, spec.start_limit_interval_sec))
             for spec in specs
         ]
         sink = output if output is not None else sys.stdout
@@ -531,7 +416,7 @@ class Supervisor:
         if math.isfinite(spec.timeout_stop_sec):
             child.stop_deadline = now + spec.timeout_stop_sec
         target = "pid" if mixed else "process group"
-        self._system(f"stopping {spec.name}: {_signal_name(spec.kill_signal)} to {target} {pid}")
+        self._system(f"stopping {spec.name}: {signal_name(spec.kill_signal)} to {target} {pid}")
 
     def _kill_all_now(self) -> None:
         for child in self._children:
@@ -596,10 +481,3 @@ def _signal_process(pid: int, signum: int) -> None:
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
