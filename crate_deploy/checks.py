@@ -33,7 +33,8 @@ def check_site(site: Site) -> list[Finding]:
     """Every cross-field problem in the site, errors and warnings, in file order."""
     findings: list[Finding] = []
     for rule in (_unique_names, _queue_references, _unused_queues, _pool_options,
-                 _stop_timeouts, _extra_args, _failover, _flower, _secrets, _executable):
+                 _stop_timeouts, _extra_args, _failover, _flower, _secrets, _executable,
+                 _schedule, _environment):
         findings.extend(rule(site))
     return findings
 
@@ -149,7 +150,8 @@ def _stop_timeouts(site: Site) -> Iterator[Finding]:
 def _extra_args(site: Site) -> Iterator[Finding]:
     for w_index, worker in enumerate(site.workers):
         for a_index, arg in enumerate(worker.extra_args):
-            option = arg.partition("=")[0]
+            # "--queues=x" and "-Qx": a short option may carry its value attached.
+            option = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
             if option in MANAGED_ARGS:
                 yield (("workers", w_index, "extra_args", a_index), f"{option} is set by "
                        f"crate-deploy from {MANAGED_ARGS[option]}; remove it here", "error")
@@ -200,6 +202,25 @@ def _executable(site: Site) -> Iterator[Finding]:
     if site.systemd.scope == "user" and (site.user or site.group):
         yield (("user",), "user units run as the user who owns them: remove user/group or "
                "use systemd.scope: system", "error")
+
+
+def _schedule(site: Site) -> Iterator[Finding]:
+    for index, entry in enumerate(site.beat.schedule):
+        if (entry.cron is None) == (entry.every is None):
+            yield (("beat", "schedule", index), "give exactly one of cron (crontab fields) or "
+                   "every (seconds)", "error")
+
+
+# Set by the units themselves; an EnvironmentFile= would override them (and FLOWER_* would
+# change Flower's address or auth behind the checks above).
+RESERVED_ENV_PREFIXES = ("CRATE_DEPLOY_", "FLOWER_")
+
+
+def _environment(site: Site) -> Iterator[Finding]:
+    for name in site.environment:
+        if name.upper().startswith(RESERVED_ENV_PREFIXES):
+            yield (("environment", name), f"{name} is reserved: crate-deploy sets CRATE_DEPLOY_* "
+                   "itself, and Flower's options go under flower", "error")
 
 
 def _is_loopback(address: str) -> bool:

@@ -22,7 +22,8 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_VALUES = 100_000
 MAX_DEPTH = 32
 # YAML allows tabs and line breaks; any other control character is a paste accident or an attack.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# U+2028/U+2029 are line breaks to YAML but not to most editors: a comment could hide a key.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Loc = tuple[int | str, ...]
@@ -153,9 +154,12 @@ class _Builder:
             return [self._item(child, (*loc, index)) for index, child in enumerate(node.value)]
         try:
             return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.problems.append(self._at(node, loc, f"unreadable value: {exc}"))
-            return None
+        except yaml.MarkedYAMLError as exc:
+            self.problems.append(self._at(node, loc, f"unreadable value: {exc.problem}"))
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # A tag forced onto the wrong text (!!int word), or a number too large to read.
+            self.problems.append(self._at(node, loc, f"unreadable value for tag {node.tag}"))
+        return None
 
     def _item(self, node: yaml.Node, loc: Loc) -> Any:
         self._mark(node, loc)

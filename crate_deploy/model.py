@@ -8,9 +8,10 @@ by a pattern here first; the renderer escapes on top of that.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -21,7 +22,7 @@ DOTTED_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 APP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
 ROUTE_PATTERN = r"^[A-Za-z0-9_.*]{1,200}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
-USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,30}$"  # systemd's strict user names: at most 31
 # Paths go into unit lines unquoted (WorkingDirectory=, ReadWritePaths=): keep them plain.
 PATH_PATTERN = r"^[A-Za-z0-9_./@+,~-]{1,4000}$"
 SECRET_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]{0,99})\}")
@@ -31,7 +32,18 @@ TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{0,4000}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
 TaskName = Annotated[str, StringConstraints(pattern=DOTTED_PATTERN, max_length=200)]
-PathText = Annotated[str, StringConstraints(pattern=PATH_PATTERN)]
+def _normalized_path(path: str) -> str:
+    """systemd refuses a WorkingDirectory= that is not normalized, and silently ignores such
+    an EnvironmentFile= or ReadWritePaths=: ask for the plain spelling."""
+    if any(len(part.encode()) > 255 for part in path.split("/")):
+        raise ValueError("has a path component longer than 255 bytes")
+    if path.startswith("/") and posixpath.normpath(path) != path:
+        raise ValueError(f"is not a normalized path: write {posixpath.normpath(path)!r}")
+    return path
+
+
+PathText = Annotated[str, StringConstraints(pattern=PATH_PATTERN),
+                     AfterValidator(_normalized_path)]
 Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 ExtraArg = Annotated[str, StringConstraints(pattern=r"^-[^\x00-\x1f\x7f-\x9f]{1,500}$")]
@@ -48,14 +60,22 @@ def _no_literal_password(url: str) -> str:
         parts = urlsplit(SECRET_REFERENCE.sub("x", url))
         password = parts.password
         port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
+    except ValueError:
+        # Not the exception's text: for some URLs it quotes the netloc, password and all.
+        raise ValueError("is not a valid URL") from None
     if not port_ok:
         raise ValueError("has a port outside 1-65535")
-    if password is not None and not _only_references(url, password):
+    literal = password is not None and not _only_references(url, password)
+    if literal or _password_in_query(url):
         raise ValueError("holds a literal password: write ${NAME} instead and put "
                          "NAME=the-password in the secrets_file")
     return url
+
+
+def _password_in_query(url: str) -> bool:
+    """Redis and SQL backends also read a password from the query string (?password=)."""
+    query = urlsplit(SECRET_REFERENCE.sub("x", url)).query
+    return any("pass" in key.lower() and value != "x" for key, value in parse_qsl(query))
 
 
 def _only_references(url: str, password: str) -> bool:
@@ -81,7 +101,8 @@ def _secret_reference(value: str) -> str:
     return value
 
 
-Url = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f'\"\\]{1,2000}$"),
+# No ';': kombu would split it into failover URLs behind our checks (give a list instead).
+Url = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f'\"\\;]{1,2000}$"),
                 AfterValidator(_no_literal_password)]
 BrokerUrl = Annotated[Url, AfterValidator(_broker_scheme)]
 SecretReference = Annotated[str, AfterValidator(_secret_reference)]
@@ -157,9 +178,9 @@ class Worker(Strict):
     """
     prefetch_multiplier: Annotated[int, Field(ge=1, le=1000)] = 1
     """Messages reserved per process; 1 suits long tasks with late acks."""
-    max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
+    max_tasks_per_child: Annotated[int, Field(ge=1, le=10**9)] | None = None
     """Replace a pool process after this many tasks (prefork only)."""
-    max_memory_per_child: Annotated[int, Field(ge=1024)] | None = None
+    max_memory_per_child: Annotated[int, Field(ge=1024, le=10**12)] | None = None
     """Replace a pool process once its resident memory exceeds this many KiB (prefork only)."""
     soft_time_limit: Seconds | None = None
     """Seconds before SoftTimeLimitExceeded is raised in a task (prefork only); must be below
@@ -205,7 +226,7 @@ class Cron(Strict):
     """Cron month field."""
 
 
-JsonScalar = str | int | float | bool | None
+JsonScalar = Text | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | float | bool | None
 
 
 class ScheduleEntry(Strict):
@@ -260,7 +281,7 @@ class Flower(Strict):
     """Keep Flower's task history across restarts, in the state directory."""
     max_tasks: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     """Tasks kept in Flower's memory."""
-    purge_offline_workers: Annotated[int, Field(ge=1)] | None = None
+    purge_offline_workers: Annotated[int, Field(ge=1, le=10**9)] | None = None
     """Forget workers offline for this many seconds."""
     read_only: bool | None = None
     """Flower 2.1+: the UI can look but not revoke, terminate or change pools."""

@@ -71,20 +71,46 @@ def _build_model(loaded: LoadedSite) -> Site:
     try:
         return Site.model_validate(loaded.data)
     except ValidationError as exc:
-        problems = [_problem(loaded, error) for error in exc.errors(include_url=False)]
-        unique = list(dict.fromkeys(problems))
-        raise SiteError(sorted(unique, key=lambda p: (p.line, p.column))) from None
+        by_place: dict[Loc, list[ErrorDetails]] = {}
+        for error in exc.errors(include_url=False):
+            by_place.setdefault(_data_loc(error["loc"], loaded.data), []).append(error)
+        problems = [loaded.problem(loc, _place_message(errors, loc))
+                    for loc, errors in by_place.items()]
+        raise SiteError(sorted(problems, key=lambda p: (p.line, p.column))) from None
 
 
-def _problem(loaded: LoadedSite, error: ErrorDetails) -> Problem:
-    loc = _data_loc(error["loc"])
-    return loaded.problem(loc, _message(error, loc))
+def _data_loc(loc: tuple[int | str, ...], data: Any) -> Loc:
+    """Keep the steps of an error path that exist in the data; the others are pydantic's
+    own (union members, validator names), whatever they are called."""
+    kept: list[int | str] = []
+    for part in loc:
+        if _has_step(data, part):
+            data = data[part]
+        elif isinstance(data, dict):
+            data = None  # a missing or unknown key: the place is still that key
+        else:
+            continue
+        kept.append(part)
+    return tuple(kept)
 
 
-def _data_loc(loc: tuple[int | str, ...]) -> Loc:
-    """Drop pydantic's internal steps (union members, validator names) from an error path."""
-    return tuple(part for part in loc if not (isinstance(part, str) and (
-        part.startswith("function-") or "[" in part or part in ("str", "int", "float", "bool"))))
+def _has_step(data: Any, part: int | str) -> bool:
+    if isinstance(data, dict):
+        return part in data
+    return isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+
+
+_TYPE_NAMES = {"string_type": "text", "int_type": "a whole number", "float_type": "a number",
+               "bool_type": "true/false", "none_required": "null", "list_type": "a list",
+               "dict_type": "a mapping", "model_type": "a mapping"}
+
+
+def _place_message(errors: list[ErrorDetails], loc: Loc) -> str:
+    """One message per place: a value that fits no member of a union gets one line."""
+    if len(errors) > 1 and all(error["type"] in _TYPE_NAMES for error in errors):
+        names = list(dict.fromkeys(_TYPE_NAMES[error["type"]] for error in errors))
+        return f"has the wrong type: must be {', '.join(names[:-1])} or {names[-1]}"
+    return _message(errors[0], loc)
 
 
 def _message(error: ErrorDetails, loc: Loc) -> str:
