@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
+from crate_deploy.deployment import read_secrets
+from crate_deploy.errors import CrateDeployError, UsageError
+from crate_deploy.model import PATH_PATTERN, Site
 from crate_deploy.render import render_site
-from crate_deploy.secrets import mask
+from crate_deploy.secrets import Masker
 from crate_deploy.target import choose_versions, version_stamp
 from crate_deploy.validate import ValidatedSite, check_versions, validate_file
 from crate_deploy.versions import TargetVersions
@@ -27,7 +31,7 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
 def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool) -> int:
     validated, versions = _validated(site_path, output_dir)
     site = validated.site
-    config_dir = site.paths.config_dir or str(output_dir.resolve())
+    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
     rendering = render_site(site, str(site_path), config_dir, versions, stamp)
     for note in rendering.notes:
@@ -37,7 +41,7 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
         colour = _COLOURS[change.status]
         click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
         if show_diff and change.status != "unchanged":
-            click.echo(change.diff(mask), nl=False)
+            click.echo(change.diff(_masker(site)), nl=False)
     changed = sum(change.status != "unchanged" for change in changes)
     if check:
         click.echo(f"check: {changed} file(s) would change; nothing written")
@@ -58,3 +62,21 @@ def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, Target
         click.echo(f"note: {note}", err=True)
     check_versions(validated, versions)
     return validated, versions
+
+
+def _plain_config_dir(output_dir: Path) -> str:
+    """The output directory as the units' config_dir: it must be a path a unit can hold."""
+    path = str(output_dir.resolve())
+    if re.fullmatch(PATH_PATTERN, path) is None:
+        raise UsageError(f"the output directory {path!r} has characters a unit file cannot "
+                         "hold (spaces, '%', quotes ...): render with -o into a plain path, or "
+                         "set paths.config_dir in the site file")
+    return path
+
+
+def _masker(site: Site) -> Masker:
+    """Mask the site's real secret values too, when this user can read them."""
+    try:
+        return Masker(read_secrets(site).values())
+    except CrateDeployError:
+        return Masker()

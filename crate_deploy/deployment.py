@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -98,7 +99,11 @@ def read_secrets(site: Site) -> dict[str, str]:
                               "a user who can, or set the variables it holds in the "
                               "environment") from None
         except UnitError as exc:
-            raise LaunchError(f"the secrets file is malformed: {exc}") from None
+            # Only the line number: the parser's message quotes the line, secret and all.
+            line = re.search(r":(\d+):", str(exc))
+            where = f" at line {line.group(1)}" if line else ""
+            raise LaunchError(f"the secrets file {path} is malformed{where}: write KEY=value "
+                              "lines") from None
     values.update({name: os.environ[name] for name in names if name in os.environ})
     return values
 
@@ -117,7 +122,9 @@ def resolve(text: str, secrets: dict[str, str], where: str) -> str:
 
 
 def broker_urls(site: Site, secrets: dict[str, str]) -> list[str]:
-    return [resolve(url, secrets, f"broker.urls[{index}]")
+    # Percent-encoded: a password with '@', '/' or ':' must not move the host.
+    encoded = {name: quote(value, safe="") for name, value in secrets.items()}
+    return [resolve(url, encoded, f"broker.urls[{index}]")
             for index, url in enumerate(site.broker.urls)]
 
 

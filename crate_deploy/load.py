@@ -156,8 +156,9 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             self.problems.append(self._at(node, loc, f"unreadable value: {exc.problem}"))
-        except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
-            # A tag forced onto the wrong text (!!int word), or a number too large to read.
+        except Exception:
+            # A tag forced onto the wrong text (!!int word, !!float ''), or a number too
+            # large to read: PyYAML raises whatever int()/float()/datetime() raise.
             self.problems.append(self._at(node, loc, f"unreadable value for tag {node.tag}"))
         return None
 
@@ -172,7 +173,8 @@ class _Builder:
                 self.problems.append(self._at(key_node, loc, "YAML merge keys (<<) are not "
                                               "supported: write the keys out"))
                 continue
-            key = self.build(key_node, loc)
+            # Built one level down, so the depth limit holds for keys too (&k {*k : 1}).
+            key = self.build(key_node, (*loc, "(key)"))
             if not isinstance(key, str):
                 self.problems.append(self._at(key_node, loc, f"keys must be text, not {key!r}"))
                 continue

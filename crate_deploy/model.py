@@ -22,6 +22,8 @@ DOTTED_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 APP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
 ROUTE_PATTERN = r"^[A-Za-z0-9_.*]{1,200}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+CELERY_VERSION_PATTERN = r"^5\.\d+(\.\d+)?$"
+FLOWER_VERSION_PATTERN = r"^2\.\d+(\.\d+)?$"
 USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,30}$"  # systemd's strict user names: at most 31
 # Paths go into unit lines unquoted (WorkingDirectory=, ReadWritePaths=): keep them plain.
 PATH_PATTERN = r"^[A-Za-z0-9_./@+,~-]{1,4000}$"
@@ -59,12 +61,15 @@ def _no_literal_password(url: str) -> str:
     try:
         parts = urlsplit(SECRET_REFERENCE.sub("x", url))
         password = parts.password
-        port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
         # Not the exception's text: for some URLs it quotes the netloc, password and all.
         raise ValueError("is not a valid URL") from None
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
     if not port_ok:
-        raise ValueError("has a port outside 1-65535")
+        raise ValueError("has a port that is not a number from 1 to 65535")
     literal = password is not None and not _only_references(url, password)
     if literal or _password_in_query(url):
         raise ValueError("holds a literal password: write ${NAME} instead and put "
@@ -193,6 +198,7 @@ class Worker(Strict):
     reject_on_worker_lost: bool = True
     """Requeue a task whose process died (needs acks_late)."""
     log_level: LogLevel = "info"
+    """Worker log level."""
     soft_shutdown_timeout: Seconds | None = None
     """Celery 5.5+: on stop, let running tasks go on this many seconds before the cold
     shutdown requeues them (worker_soft_shutdown_timeout)."""
@@ -202,7 +208,6 @@ class Worker(Strict):
     """Celery 5.5+: turn off global QoS when a consumed queue is a quorum queue."""
     disable_prefetch: bool | None = None
     """Celery 5.6+: fetch a message only when a process is free (--disable-prefetch)."""
-    """Worker log level."""
     stop_timeout: Seconds | None = None
     """Seconds systemd lets this pool finish running tasks on stop (default: time_limit + 30, else
     systemd.stop_timeout, else 600).
@@ -324,11 +329,11 @@ class Site(Strict):
     """The application's virtualenv; the units run VENV/bin/celery."""
     celery: PathText | None = None
     """Or: the path of the application's celery program."""
-    celery_version: Annotated[str, StringConstraints(pattern=r"^5\.\d+(\.\d+)?$")] | None = None
+    celery_version: Annotated[str, StringConstraints(pattern=CELERY_VERSION_PATTERN)] | None = None
     """The target's Celery version, when its venv is not on this machine (default: probed, else the
     newest known).
     """
-    flower_version: Annotated[str, StringConstraints(pattern=r"^2\.\d+(\.\d+)?$")] | None = None
+    flower_version: Annotated[str, StringConstraints(pattern=FLOWER_VERSION_PATTERN)] | None = None
     """The target's Flower version, like celery_version."""
     working_directory: PathText | None = None
     """Working directory of every service."""

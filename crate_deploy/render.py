@@ -256,4 +256,7 @@ def env_value(value: str) -> str:
 
 
 def seconds(value: float) -> str:
-    return f"{int(value)}s" if value == int(value) else f"{value:.3f}".rstrip("0") + "s"
+    """A systemd time span: whole seconds, else milliseconds (never 0, which means "off")."""
+    if value == int(value):
+        return f"{int(value)}s"
+    return f"{max(1, round(value * 1000))}ms"

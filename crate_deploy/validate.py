@@ -21,10 +21,20 @@ from crate_deploy.checks import check_site
 from crate_deploy.compat import version_findings
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.load import LoadedSite, Loc, load_site
-from crate_deploy.model import PATH_PATTERN, Site
+from crate_deploy.model import (
+    CELERY_VERSION_PATTERN,
+    FLOWER_VERSION_PATTERN,
+    PATH_PATTERN,
+    USER_PATTERN,
+    Site,
+)
 from crate_deploy.versions import TargetVersions
 
 _PATTERN_HINTS = {
+    USER_PATTERN: "must be a system user or group name: lowercase letters, digits, '_' and "
+                  "'-', starting with a letter or '_' (at most 31 characters)",
+    CELERY_VERSION_PATTERN: "must be a Celery 5 version like \"5.2.7\" (quote it)",
+    FLOWER_VERSION_PATTERN: "must be a Flower 2 version like \"2.0.1\" (quote it)",
     r"^[a-z][a-z0-9_-]{0,39}$": "must start with a lowercase letter and use only a-z, 0-9, "
                                 "'_' and '-' (at most 40 characters)",
     r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$": "must start with a letter and use only letters, digits, "
@@ -73,21 +83,23 @@ def _build_model(loaded: LoadedSite) -> Site:
     except ValidationError as exc:
         by_place: dict[Loc, list[ErrorDetails]] = {}
         for error in exc.errors(include_url=False):
-            by_place.setdefault(_data_loc(error["loc"], loaded.data), []).append(error)
+            place = _data_loc(error["loc"], loaded.data, error["type"] == "missing")
+            by_place.setdefault(place, []).append(error)
         problems = [loaded.problem(loc, _place_message(errors, loc))
                     for loc, errors in by_place.items()]
         raise SiteError(sorted(problems, key=lambda p: (p.line, p.column))) from None
 
 
-def _data_loc(loc: tuple[int | str, ...], data: Any) -> Loc:
+def _data_loc(loc: tuple[int | str, ...], data: Any, missing: bool) -> Loc:
     """Keep the steps of an error path that exist in the data; the others are pydantic's
-    own (union members, validator names), whatever they are called."""
+    own (union members, validator names), whatever they are called. A required key that
+    is missing is the one step kept that the data lacks."""
     kept: list[int | str] = []
-    for part in loc:
+    for index, part in enumerate(loc):
         if _has_step(data, part):
             data = data[part]
-        elif isinstance(data, dict):
-            data = None  # a missing or unknown key: the place is still that key
+        elif missing and isinstance(data, dict) and index == len(loc) - 1:
+            data = None
         else:
             continue
         kept.append(part)
@@ -134,6 +146,7 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         "too_long": "must have at most {max_length} item(s)",
         "string_too_long": "must be at most {max_length} characters",
         "literal_error": "must be one of: {expected}",
+        "finite_number": "must be a finite number",
     }
     if kind in simple:
         return simple[kind].format(**ctx)

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from crate_deploy.units import split_command_line
+
 SYSTEM_UNITS = Path("/lib/systemd/system")
 
 
@@ -24,7 +26,8 @@ def verify_units(unit_dir: Path, root: Path) -> subprocess.CompletedProcess[str]
     for unit in sorted(unit_dir.iterdir()):
         shutil.copy(unit, installed / unit.name)
         units.append(str(installed / unit.name))
-        for program in re.findall(r"^ExecStart=-?(\S+)", unit.read_text(), re.MULTILINE):
+        for line in re.findall(r"^ExecStart=(.*)$", unit.read_text(), re.MULTILINE):
+            program = split_command_line(line, {})[0]  # quoted paths too
             stub = root / program.lstrip("/")
             stub.parent.mkdir(parents=True, exist_ok=True)
             stub.write_text("#!/bin/sh\n")

@@ -9,12 +9,14 @@ crate_deploy_celeryconfig, so they win even when the application configures itse
 written into any rendered file.
 """
 
+import contextlib
 import os
 import re
+from urllib.parse import quote
 
+from celery import bootsteps
 from celery.app.utils import find_app
 from celery.schedules import crontab
-from celery.signals import worker_init
 
 import crate_deploy_celeryconfig as _rendered
 
@@ -22,25 +24,27 @@ APP_TARGET = 'crate_anon.crateweb.consent'
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _resolve(value):
-    """Replace ${NAME} references with the environment's values, recursively."""
+def _resolve(value, in_url=True):
+    """Replace ${NAME} references with the environment's values, recursively.
+
+    In settings the references stand in URLs, so values are percent-encoded there: a
+    password holding '@', '/' or ':' must not move the host."""
     if isinstance(value, str):
-        return _REFERENCE.sub(_lookup, value)
+        return _REFERENCE.sub(lambda match: _lookup(match.group(1), in_url), value)
     if isinstance(value, list):
-        return [_resolve(item) for item in value]
+        return [_resolve(item, in_url) for item in value]
     if isinstance(value, dict):
-        return {key: _resolve(item) for key, item in value.items()}
+        return {key: _resolve(item, in_url) for key, item in value.items()}
     return value
 
 
-def _lookup(match):
-    name = match.group(1)
+def _lookup(name, in_url):
     if name not in os.environ:
         raise RuntimeError(
             f"crate-deploy: the secret {name} is not set; add {name}=... to the site's "
             "secrets_file (or the environment)"
         )
-    return os.environ[name]
+    return quote(os.environ[name], safe="") if in_url else os.environ[name]
 
 
 def _schedule(entries):
@@ -68,19 +72,32 @@ def _settings():
     return settings
 
 
-def _declare_dead_letter_queues(**_):
-    """Declare the dead-letter exchange and queues so rejected messages are kept."""
-    if not _rendered._DEAD_LETTER_QUEUES:
-        return
-    from kombu import Exchange, Queue
+class _DeadLetterQueues(bootsteps.StartStopStep):
+    """Declare the dead-letter exchange and queues, so what the broker dead-letters is kept.
 
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        for spec in _rendered._DEAD_LETTER_QUEUES:
-            exchange = Exchange(spec["exchange"], type="direct", durable=True)
-            queue = Queue(spec["queue"], exchange, routing_key=spec["routing_key"],
-                          durable=True, queue_arguments=spec["arguments"])
-            queue(channel).declare()
+    A step of the worker's consumer: it runs on the consumer's own connection each time
+    that connects (after Celery's own retries, which it logs), before any task is
+    consumed. So a worker that starts before the broker answers still declares them (a
+    worker_init handler could not: Celery swallows its error before logging is set up,
+    and the broker then drops whatever it dead-letters), and a declaration the broker
+    refuses stops the worker, with the reason in its log.
+    """
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, c):
+        from kombu import Exchange, Queue
+
+        channel = c.connection.channel()
+        try:
+            for spec in _rendered._DEAD_LETTER_QUEUES:
+                exchange = Exchange(spec["exchange"], type="direct", durable=True)
+                queue = Queue(spec["queue"], exchange, routing_key=spec["routing_key"],
+                              durable=True, queue_arguments=spec["arguments"])
+                queue(channel).declare()
+        finally:
+            with contextlib.suppress(Exception):  # the broker may have closed it already
+                channel.close()
 
 
 def _namespaced(settings, namespace):
@@ -93,8 +110,9 @@ def _namespaced(settings, namespace):
 
 app = find_app(APP_TARGET)
 app.conf.update(_namespaced(_settings(), getattr(app, "namespace", None)))
-worker_init.connect(_declare_dead_letter_queues, weak=False)
+if _rendered._DEAD_LETTER_QUEUES:
+    app.steps["consumer"].add(_DeadLetterQueues)
 
 # Flower reads FLOWER_BASIC_AUTH after the app is loaded: resolve its references now.
 if "FLOWER_BASIC_AUTH" in os.environ:
-    os.environ["FLOWER_BASIC_AUTH"] = _resolve(os.environ["FLOWER_BASIC_AUTH"])
+    os.environ["FLOWER_BASIC_AUTH"] = _resolve(os.environ["FLOWER_BASIC_AUTH"], in_url=False)
