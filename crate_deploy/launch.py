@@ -75,6 +75,7 @@ class _Fleet:
     secrets: dict[str, str]
     supervisor: Supervisor
     say: LinePrinter
+    mask: Masker
 
 
 def launch_command(directory: Path, *, timeout: float) -> int:
@@ -96,7 +97,7 @@ def launch_command(directory: Path, *, timeout: float) -> int:
         say.line(NAME, f"warning: {warning}")
     # One printer for the services and for us: one name width, one lock.
     fleet = _Fleet(deployment, urls, secrets, Supervisor(
-        specs, printer=say, on_start=lambda name, pid: _record(fleet)), say)
+        specs, printer=say, on_start=lambda name, pid: _record(fleet)), say, mask)
     return _supervise(fleet, timeout)
 
 
@@ -133,16 +134,21 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
     outcome: list[SupervisorResult] = []
     thread = threading.Thread(target=lambda: outcome.append(fleet.supervisor.run()),
                               name="supervisor", daemon=True)
+    ready = False
     with stop_on_signals(fleet.supervisor):
         thread.start()
         try:
             ready = _wait_until_ready(fleet, thread, timeout)
+        finally:
+            # Not ready, or the wait failed: stop the fleet before leaving, or its
+            # processes (each in a session of its own) would outlive us unsupervised.
             if not ready and thread.is_alive():
                 fleet.supervisor.request_stop()
-            while thread.is_alive():
-                thread.join(0.2)  # short joins keep signal handlers responsive
-        finally:
-            clear_launch_state(fleet.deployment)
+            try:
+                while thread.is_alive():
+                    thread.join(0.2)  # short joins keep signal handlers responsive
+            finally:
+                clear_launch_state(fleet.deployment)
     return _conclude(fleet, outcome[0] if outcome else None, ready)
 
 
@@ -151,12 +157,20 @@ def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -
     app = probe.control_app(fleet.urls, timeout=3.0)
     credentials = flower_credentials(site, fleet.secrets)
     started, last_report = time.monotonic(), ""
+    broker_errors = probe.broker_errors(app)
     try:
         while thread.is_alive():
-            health = probe.FleetHealth(pools=probe.pool_health(app, site, probe.hostname()))
-            if site.flower.enabled:
-                health.flower = probe.flower_health(site, credentials)
-            missing = health.missing()
+            try:
+                health = probe.FleetHealth(pools=probe.pool_health(app, site, probe.hostname()))
+            except broker_errors as exc:  # the broker went away: wait for it, as workers do
+                app.close()
+                app = probe.control_app(fleet.urls, timeout=3.0)
+                health = probe.FleetHealth()
+                missing = [f"the broker ({fleet.mask(str(exc)) or type(exc).__name__})"]
+            else:
+                if site.flower.enabled:
+                    health.flower = probe.flower_health(site, credentials)
+                missing = health.missing()
             elapsed = time.monotonic() - started
             if not missing:
                 fleet.say.line(NAME, f"ready in {elapsed:.1f}s: {_summary(fleet, health)}")

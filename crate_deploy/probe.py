@@ -83,6 +83,19 @@ def control_app(urls: list[str], timeout: float) -> Any:
     return app
 
 
+def broker_errors(app: Any) -> tuple[type[BaseException], ...]:
+    """What a lost or refused broker connection raises: kombu's OperationalError (what
+    it re-raises connection errors as) and the transport's own errors."""
+    from kombu.exceptions import OperationalError
+
+    connection = app.connection_for_write()  # not connected yet: this only names its errors
+    try:
+        return (OSError, OperationalError, *connection.connection_errors,
+                *connection.channel_errors)
+    finally:
+        connection.release()
+
+
 def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
     """Raise a clear LaunchError (URL masked) unless at least one broker URL answers."""
     from kombu.connection import Connection

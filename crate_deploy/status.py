@@ -45,6 +45,10 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
             queues=probe.queue_depths(app, site, timeout),
             flower=probe.flower_health(site, flower_credentials(site, secrets))
             if site.flower.enabled else None)
+    except probe.broker_errors(app) as exc:  # lost the broker after check_broker
+        error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
+        report["broker"] = {"reachable": False, "error": error}
+        return _finish(report, as_json, mask, up=False)
     finally:
         app.close()
     report.update(pools=[asdict(pool) | {"up": pool.up} for pool in health.pools],

@@ -45,7 +45,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,6 @@ __all__ = [
     "ContainerCommandError",
     "ContainerError",
     "ContainerWarning",
-    "broker_problem",
     "container_available",
     "default_rootfs",
     "skip_or_fail",
@@ -134,21 +132,6 @@ def container_available(rootfs: Path | None = None) -> str | None:
     if not (root / MARKER_NAME).is_file() or not (root / "lib/systemd/systemd").exists():
         return f"no container root at {root}: run {BUILD_SCRIPT.relative_to(REPO_ROOT)}"
     return None
-
-
-def broker_problem(host: str = "127.0.0.1", port: int = 5672) -> str | None:
-    """None if RabbitMQ answers on host:port and rabbitmqctl is here, else why not.
-
-    The container shares the host's network namespace, so its services reach this
-    broker on the same loopback address.
-    """
-    if shutil.which("rabbitmqctl") is None:
-        return "rabbitmqctl not found"
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return None
-    except OSError:
-        return f"RabbitMQ is not answering on {host}:{port}"
 
 
 def skip_or_fail(reason: str) -> NoReturn:

@@ -60,11 +60,10 @@ from tests.integration.conftest import (
     make_client,
     run_crate_deploy,
 )
-from tests.rabbit import amqp_url, temporary_vhost
+from tests.rabbit import amqp_url, broker_problem, temporary_vhost
 from tests.systemd_container import (
     APP_PREFIX,
     Container,
-    broker_problem,
     container_available,
     skip_or_fail,
 )

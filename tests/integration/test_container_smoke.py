@@ -29,11 +29,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.rabbit import amqp_url, temporary_vhost
+from tests.rabbit import amqp_url, broker_problem, temporary_vhost
 from tests.systemd_container import (
     APP_PREFIX,
     Container,
-    broker_problem,
     container_available,
     skip_or_fail,
 )
