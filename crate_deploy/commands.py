@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from crate_deploy.deployment import read_secrets
 from crate_deploy.errors import CrateDeployError, UsageError
 from crate_deploy.model import PATH_PATTERN, Site
 from crate_deploy.render import render_site
@@ -76,6 +75,8 @@ def _plain_config_dir(output_dir: Path) -> str:
 
 def _masker(site: Site) -> Masker:
     """Mask the site's real secret values too, when this user can read them."""
+    from crate_deploy.deployment import read_secrets
+
     try:
         return Masker(read_secrets(site).values())
     except CrateDeployError:

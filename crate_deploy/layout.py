@@ -6,8 +6,10 @@ render, write, launch and status all agree on these through this one module.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from crate_deploy.model import Site, Worker
+if TYPE_CHECKING:  # only annotations: `crate-deploy --help` need not build the models
+    from crate_deploy.model import Site, Worker
 
 DEFAULT_OUTPUT_DIR = Path("crate-deploy-out")
 UNIT_DIR = "systemd"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import pprint
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -203,9 +202,21 @@ def _render(template: str, **values: Any) -> str:
 
 
 def python_literal(value: Any) -> str:
-    """A Python literal for plain data; refuses anything repr() would not round-trip."""
+    """A Python literal for plain data, laid out one item a line; refuses anything repr()
+    would not round-trip."""
     _check_literal(value)
-    return pprint.pformat(value, width=88, sort_dicts=False)
+    return _layout(value, 0)
+
+
+def _layout(value: Any, level: int) -> str:
+    inner, outer = "    " * (level + 1), "    " * level
+    if isinstance(value, dict) and value:
+        lines = [f"{inner}{key!r}: {_layout(item, level + 1)}," for key, item in value.items()]
+        return "{\n" + "\n".join(lines) + f"\n{outer}}}"
+    if isinstance(value, list) and any(isinstance(item, dict | list) for item in value):
+        lines = [f"{inner}{_layout(item, level + 1)}," for item in value]
+        return "[\n" + "\n".join(lines) + f"\n{outer}]"
+    return repr(value)
 
 
 def _check_literal(value: Any) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from crate_deploy.render import render_site
+from crate_deploy.target import choose_versions
 from crate_deploy.validate import validate_file
 from crate_deploy.versions import NEWEST_KNOWN
 from tests.conftest import EXAMPLES, ROOT
@@ -26,7 +27,11 @@ def rendered(example: str) -> dict[str, str]:
     validated = validate_file(EXAMPLES / example)
     site = validated.site
     config_dir = site.paths.config_dir or OUTPUT
-    rendering = render_site(site, f"examples/{example}", config_dir, NEWEST_KNOWN)
+    # As render would for a server elsewhere: the site's stated versions, else the newest
+    # known (probing would tie the goldens to whatever this machine has installed).
+    versions = choose_versions(site, Path("/nonexistent"))[0] if site.celery_version else (
+        NEWEST_KNOWN)
+    rendering = render_site(site, f"examples/{example}", config_dir, versions)
     # The demo's relative paths resolve inside this checkout: keep goldens portable.
     return {file.path: file.content.replace(str(ROOT), "@ROOT@") for file in rendering.files}
 

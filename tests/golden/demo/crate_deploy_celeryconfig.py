@@ -14,7 +14,9 @@ broker_heartbeat = 60
 
 broker_connection_timeout = 10.0
 
-broker_transport_options = {'confirm_publish': True}
+broker_transport_options = {
+    'confirm_publish': True,
+}
 
 broker_connection_retry_on_startup = True
 
@@ -32,16 +34,22 @@ result_accept_content = ['json']
 
 task_default_delivery_mode = 'persistent'
 
-task_queues = {'demo-quick': {'exchange': 'demo-quick',
-                'exchange_type': 'direct',
-                'routing_key': 'demo-quick',
-                'durable': True,
-                'queue_arguments': {}},
- 'demo-slow': {'exchange': 'demo-slow',
-               'exchange_type': 'direct',
-               'routing_key': 'demo-slow',
-               'durable': True,
-               'queue_arguments': {}}}
+task_queues = {
+    'demo-quick': {
+        'exchange': 'demo-quick',
+        'exchange_type': 'direct',
+        'routing_key': 'demo-quick',
+        'durable': True,
+        'queue_arguments': {},
+    },
+    'demo-slow': {
+        'exchange': 'demo-slow',
+        'exchange_type': 'direct',
+        'routing_key': 'demo-slow',
+        'durable': True,
+        'queue_arguments': {},
+    },
+}
 
 task_default_queue = 'demo-quick'
 
@@ -51,25 +59,42 @@ task_default_routing_key = 'demo-quick'
 
 task_create_missing_queues = False
 
-task_routes = {'demoapp.slow': {'queue': 'demo-slow'}}
+task_routes = {
+    'demoapp.slow': {
+        'queue': 'demo-slow',
+    },
+}
 
 worker_send_task_events = True
 
 task_send_sent_event = True
 
-beat_schedule = {'tick': {'task': 'demoapp.tick', 'schedule': 30.0, 'args': [], 'kwargs': {}}}
+beat_schedule = {
+    'tick': {
+        'task': 'demoapp.tick',
+        'schedule': 30.0,
+        'args': [],
+        'kwargs': {},
+    },
+}
 
 # Per-pool overrides (worker units set CRATE_DEPLOY_POOL).
-_POOL_SETTINGS = {'quick': {'worker_prefetch_multiplier': 4,
-           'task_acks_late': True,
-           'task_reject_on_worker_lost': True,
-           'worker_cancel_long_running_tasks_on_connection_loss': True},
- 'slow': {'worker_prefetch_multiplier': 1,
-          'task_acks_late': True,
-          'task_reject_on_worker_lost': True,
-          'worker_cancel_long_running_tasks_on_connection_loss': True,
-          'task_time_limit': 120.0,
-          'task_soft_time_limit': 100.0}}
+_POOL_SETTINGS = {
+    'quick': {
+        'worker_prefetch_multiplier': 4,
+        'task_acks_late': True,
+        'task_reject_on_worker_lost': True,
+        'worker_cancel_long_running_tasks_on_connection_loss': True,
+    },
+    'slow': {
+        'worker_prefetch_multiplier': 1,
+        'task_acks_late': True,
+        'task_reject_on_worker_lost': True,
+        'worker_cancel_long_running_tasks_on_connection_loss': True,
+        'task_time_limit': 120.0,
+        'task_soft_time_limit': 100.0,
+    },
+}
 
 # Dead-letter queues to declare before consuming (quorum delivery limits route here).
 _DEAD_LETTER_QUEUES = []

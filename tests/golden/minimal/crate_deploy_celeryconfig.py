@@ -14,7 +14,9 @@ broker_heartbeat = 60
 
 broker_connection_timeout = 10.0
 
-broker_transport_options = {'confirm_publish': True}
+broker_transport_options = {
+    'confirm_publish': True,
+}
 
 broker_connection_retry_on_startup = True
 
@@ -32,11 +34,15 @@ result_accept_content = ['json']
 
 task_default_delivery_mode = 'persistent'
 
-task_queues = {'celery': {'exchange': 'celery',
-            'exchange_type': 'direct',
-            'routing_key': 'celery',
-            'durable': True,
-            'queue_arguments': {}}}
+task_queues = {
+    'celery': {
+        'exchange': 'celery',
+        'exchange_type': 'direct',
+        'routing_key': 'celery',
+        'durable': True,
+        'queue_arguments': {},
+    },
+}
 
 task_default_queue = 'celery'
 
@@ -53,10 +59,14 @@ worker_send_task_events = False
 task_send_sent_event = False
 
 # Per-pool overrides (worker units set CRATE_DEPLOY_POOL).
-_POOL_SETTINGS = {'default': {'worker_prefetch_multiplier': 1,
-             'task_acks_late': True,
-             'task_reject_on_worker_lost': True,
-             'worker_cancel_long_running_tasks_on_connection_loss': True}}
+_POOL_SETTINGS = {
+    'default': {
+        'worker_prefetch_multiplier': 1,
+        'task_acks_late': True,
+        'task_reject_on_worker_lost': True,
+        'worker_cancel_long_running_tasks_on_connection_loss': True,
+    },
+}
 
 # Dead-letter queues to declare before consuming (quorum delivery limits route here).
 _DEAD_LETTER_QUEUES = []

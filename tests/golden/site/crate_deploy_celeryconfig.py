@@ -6,8 +6,7 @@
 # references from the environment, adds the overrides of the pool named in
 # CRATE_DEPLOY_POOL, and overlays the result onto the application's Celery app.
 
-broker_url = ['amqp://crate:${BROKER_PASSWORD}@127.0.0.1:5672/crate',
- 'amqp://crate:${BROKER_PASSWORD}@rabbit2.internal:5672/crate']
+broker_url = ['amqp://crate:${BROKER_PASSWORD}@127.0.0.1:5672/crate', 'amqp://crate:${BROKER_PASSWORD}@rabbit2.internal:5672/crate']
 
 broker_failover_strategy = 'round-robin'
 
@@ -15,9 +14,9 @@ broker_heartbeat = 60
 
 broker_connection_timeout = 10.0
 
-broker_transport_options = {'confirm_publish': True}
-
-broker_connection_retry_on_startup = True
+broker_transport_options = {
+    'confirm_publish': True,
+}
 
 result_backend = 'rpc://'
 
@@ -33,21 +32,29 @@ result_accept_content = ['json']
 
 task_default_delivery_mode = 'persistent'
 
-task_queues = {'consent': {'exchange': 'consent',
-             'exchange_type': 'direct',
-             'routing_key': 'consent',
-             'durable': True,
-             'queue_arguments': {}},
- 'email': {'exchange': 'email',
-           'exchange_type': 'direct',
-           'routing_key': 'email',
-           'durable': True,
-           'queue_arguments': {}},
- 'maintenance': {'exchange': 'maintenance',
-                 'exchange_type': 'direct',
-                 'routing_key': 'maintenance',
-                 'durable': True,
-                 'queue_arguments': {}}}
+task_queues = {
+    'consent': {
+        'exchange': 'consent',
+        'exchange_type': 'direct',
+        'routing_key': 'consent',
+        'durable': True,
+        'queue_arguments': {},
+    },
+    'email': {
+        'exchange': 'email',
+        'exchange_type': 'direct',
+        'routing_key': 'email',
+        'durable': True,
+        'queue_arguments': {},
+    },
+    'maintenance': {
+        'exchange': 'maintenance',
+        'exchange_type': 'direct',
+        'routing_key': 'maintenance',
+        'durable': True,
+        'queue_arguments': {},
+    },
+}
 
 task_default_queue = 'consent'
 
@@ -57,38 +64,60 @@ task_default_routing_key = 'consent'
 
 task_create_missing_queues = False
 
-task_routes = {'crate_anon.crateweb.consent.tasks.email_*': {'queue': 'email'},
- 'crate_anon.crateweb.consent.tasks.refresh_all_consent_modes': {'queue': 'maintenance'}}
+task_routes = {
+    'crate_anon.crateweb.consent.tasks.email_*': {
+        'queue': 'email',
+    },
+    'crate_anon.crateweb.consent.tasks.refresh_all_consent_modes': {
+        'queue': 'maintenance',
+    },
+}
 
 worker_send_task_events = True
 
 task_send_sent_event = True
 
-beat_schedule = {'refresh-consent-modes': {'task': 'crate_anon.crateweb.consent.tasks.refresh_all_consent_modes',
-                           'schedule': {'crontab': {'minute': '0',
-                                                    'hour': '0',
-                                                    'day_of_week': '*',
-                                                    'day_of_month': '*',
-                                                    'month_of_year': '*'}},
-                           'args': [],
-                           'kwargs': {},
-                           'options': {'queue': 'maintenance'}}}
+beat_schedule = {
+    'refresh-consent-modes': {
+        'task': 'crate_anon.crateweb.consent.tasks.refresh_all_consent_modes',
+        'schedule': {
+            'crontab': {
+                'minute': '0',
+                'hour': '0',
+                'day_of_week': '*',
+                'day_of_month': '*',
+                'month_of_year': '*',
+            },
+        },
+        'args': [],
+        'kwargs': {},
+        'options': {
+            'queue': 'maintenance',
+        },
+    },
+}
 
 # Per-pool overrides (worker units set CRATE_DEPLOY_POOL).
-_POOL_SETTINGS = {'consent': {'worker_prefetch_multiplier': 1,
-             'task_acks_late': True,
-             'task_reject_on_worker_lost': True,
-             'worker_cancel_long_running_tasks_on_connection_loss': True,
-             'task_time_limit': 600.0,
-             'task_soft_time_limit': 540.0,
-             'worker_max_tasks_per_child': 200,
-             'worker_max_memory_per_child': 500000},
- 'maintenance': {'worker_prefetch_multiplier': 1,
-                 'task_acks_late': True,
-                 'task_reject_on_worker_lost': True,
-                 'worker_cancel_long_running_tasks_on_connection_loss': True,
-                 'task_time_limit': 3600.0,
-                 'task_soft_time_limit': 3300.0}}
+_POOL_SETTINGS = {
+    'consent': {
+        'worker_prefetch_multiplier': 1,
+        'task_acks_late': True,
+        'task_reject_on_worker_lost': True,
+        'worker_cancel_long_running_tasks_on_connection_loss': True,
+        'task_time_limit': 600.0,
+        'task_soft_time_limit': 540.0,
+        'worker_max_tasks_per_child': 200,
+        'worker_max_memory_per_child': 500000,
+    },
+    'maintenance': {
+        'worker_prefetch_multiplier': 1,
+        'task_acks_late': True,
+        'task_reject_on_worker_lost': True,
+        'worker_cancel_long_running_tasks_on_connection_loss': True,
+        'task_time_limit': 3600.0,
+        'task_soft_time_limit': 3300.0,
+    },
+}
 
 # Dead-letter queues to declare before consuming (quorum delivery limits route here).
 _DEAD_LETTER_QUEUES = []
