@@ -79,8 +79,9 @@ def _depth(channel: Any, queue: str) -> int | None:
 def _list(channel: Any, move: Move) -> int:
     """Show what is parked without taking it: every message is returned unacknowledged."""
     depth = _depth(channel, move.source)
-    click.echo(f"{move.source}: {depth if depth is not None else 'not declared yet'} "
-               f"message(s) -> {move.target}")
+    held = (f"{depth} message(s)" if depth is not None
+            else "not declared yet (no worker has connected since dead_letter was set)")
+    click.echo(f"{move.source}: {held} -> {move.target}")
     seen = []
     for _ in range(depth or 0):
         message = channel.basic_get(queue=move.source, no_ack=False)
