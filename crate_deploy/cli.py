@@ -93,7 +93,7 @@ def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
     if use_systemd:
         from crate_deploy.install import install_command
 
-        return install_command(directory, user=user, root=root)
+        return install_command(directory, user=user, root=root, timeout=timeout)
     if user or root:
         raise UsageError("--user and --root go with --systemd")
     from crate_deploy.launch import launch_command

@@ -24,8 +24,15 @@ from pathlib import Path
 import click
 
 from crate_deploy import layout
-from crate_deploy.deployment import Deployment, load_deployment
+from crate_deploy.deployment import (
+    Deployment,
+    broker_urls,
+    load_deployment,
+    masker_for,
+    read_secrets,
+)
 from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.readiness import wait_until_ready
 from crate_deploy.render import RenderedFile
 from crate_deploy.write import FileChange, apply_install, plan_install, read_install_record
 
@@ -38,7 +45,7 @@ _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchange
 
 
 def install_command(directory: Path, *, user: bool, root: Path | None,
-                    start: bool = True) -> int:
+                    start: bool = True, wait: bool = True, timeout: float = 60.0) -> int:
     """Install DIR's units (and config) into systemd, enable them, start or restart them."""
     deployment = _checked_scope(load_deployment(directory), user)
     root = _checked_root(root, user)
@@ -48,7 +55,16 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     live = root is None and problem is None
     prefix = root or Path("/")
     changes, restart = _install(deployment, prefix, systemctl, live=live)
-    systemctl.run("enable", *deployment.units)
+    try:
+        systemctl.run("enable", *deployment.units)
+    except LaunchError:
+        if problem is None:
+            raise
+        # On a systemd host, `systemctl --user enable` needs the user's manager too:
+        # say why it is missing rather than systemctl's "Failed to connect to bus".
+        click.echo(f"crate-deploy: {problem}: the units are installed in "
+                   f"{_installed_units(deployment)} but not enabled", err=True)
+        return 1
     click.echo(f"enabled: {' '.join(deployment.units)}")
     changed = sum(change.status != "unchanged" for change in changes)
     summary = (f"{changed} file(s) changed, {len(changes) - changed} unchanged; "
@@ -62,7 +78,21 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     click.echo(f"restarted: {' '.join(restart) or '(nothing)'}")
     systemctl.run("start", deployment.target)
     click.echo(f"{summary}; {deployment.target} started")
-    return 0
+    return _wait_for_services(deployment, timeout) if wait else 0
+
+
+def _wait_for_services(deployment: Deployment, timeout: float) -> int:
+    """A started unit is not a working fleet: wait until every pool and Flower answer."""
+    site = deployment.site
+    secrets = read_secrets(site)
+    mask = masker_for(secrets)
+    ready = wait_until_ready(site, broker_urls(site, secrets), secrets, mask, timeout=timeout,
+                             alive=lambda: True, say=lambda text: click.echo(mask(text)))
+    if not ready:
+        scope = " --user" if site.systemd.scope == "user" else ""
+        click.echo(f"crate-deploy: see `systemctl{scope} status {deployment.target}` and "
+                   f"`journalctl{scope} -u {deployment.services[0]}`", err=True)
+    return 0 if ready else 1
 
 
 def _install(deployment: Deployment, prefix: Path, systemctl: _Systemctl, *,

@@ -22,7 +22,6 @@ from crate_deploy import probe
 from crate_deploy.deployment import (
     Deployment,
     broker_urls,
-    flower_credentials,
     load_deployment,
     masker_for,
     read_secrets,
@@ -34,6 +33,7 @@ from crate_deploy.launch_state import (
     launcher_pid,
     save_launch_state,
 )
+from crate_deploy.readiness import wait_until_ready
 from crate_deploy.secrets import Masker
 from crate_deploy.supervise import (
     LinePrinter,
@@ -153,50 +153,13 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
 
 
 def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -> bool:
-    site = fleet.deployment.site
-    app = probe.control_app(fleet.urls, timeout=3.0)
-    credentials = flower_credentials(site, fleet.secrets)
-    started, last_report = time.monotonic(), ""
-    broker_errors = probe.broker_errors(app)
-    try:
-        while thread.is_alive():
-            try:
-                health = probe.FleetHealth(pools=probe.pool_health(app, site, probe.hostname()))
-            except broker_errors as exc:  # the broker went away: wait for it, as workers do
-                app.close()
-                app = probe.control_app(fleet.urls, timeout=3.0)
-                health = probe.FleetHealth()
-                missing = [f"the broker ({fleet.mask(str(exc)) or type(exc).__name__})"]
-            else:
-                if site.flower.enabled:
-                    health.flower = probe.flower_health(site, credentials)
-                missing = health.missing()
-            elapsed = time.monotonic() - started
-            if not missing:
-                fleet.say.line(NAME, f"ready in {elapsed:.1f}s: {_summary(fleet, health)}")
-                fleet.say.line(NAME, "Ctrl-C (or `crate-deploy stop`) stops the fleet warmly: "
-                               "running tasks finish")
-                return True
-            if elapsed > timeout:
-                fleet.say.line(NAME, f"error: not ready after {timeout:g}s: {'; '.join(missing)}")
-                return False
-            report = f"waiting for {', '.join(m.split(' (')[0] for m in missing)}"
-            if report != last_report:
-                fleet.say.line(NAME, f"{report} ({elapsed:.0f}s)")
-                last_report = report
-            time.sleep(0.5)
-    finally:
-        app.close()
-    return False
-
-
-def _summary(fleet: _Fleet, health: probe.FleetHealth) -> str:
-    parts = [f"{pool.node} on {', '.join(pool.queues)}" for pool in health.pools]
-    if fleet.deployment.site.beat.enabled:
-        parts.append("beat")
-    if health.flower:
-        parts.append(f"Flower at {health.flower.url} ({health.flower.detail})")
-    return "; ".join(parts)
+    ready = wait_until_ready(fleet.deployment.site, fleet.urls, fleet.secrets, fleet.mask,
+                             timeout=timeout, alive=thread.is_alive,
+                             say=lambda text: fleet.say.line(NAME, text))
+    if ready:
+        fleet.say.line(NAME, "Ctrl-C (or `crate-deploy stop`) stops the fleet warmly: "
+                       "running tasks finish")
+    return ready
 
 
 def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> int:

@@ -70,13 +70,14 @@ def _processes(deployment: Deployment) -> dict[str, str]:
         return {name: ("running" if alive else "stopped") + f" (pid {pid})"
                 for name, (pid, alive) in state.items()}
     if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
-        return {unit: _unit_state(unit) for unit in [deployment.target, *deployment.services]}
+        scope = ["--user"] if deployment.site.systemd.scope == "user" else []
+        return {unit: _unit_state(unit, scope) for unit in deployment.units}
     return {}
 
 
-def _unit_state(unit: str) -> str:
-    result = subprocess.run(["systemctl", "show", "--property=ActiveState,SubState", "--value",
-                             unit], capture_output=True, text=True, check=False)
+def _unit_state(unit: str, scope: list[str]) -> str:
+    result = subprocess.run(["systemctl", *scope, "show", "--property=ActiveState,SubState",
+                             "--value", unit], capture_output=True, text=True, check=False)
     return " ".join(result.stdout.split()) or "unknown"
 
 

@@ -291,7 +291,8 @@ def test_with_a_manager_only_changed_services_restart(
 
     def launch_live() -> list[str]:
         log.unlink(missing_ok=True)
-        assert install_command(out, user=True, root=None) == 0
+        # wait=False: the fake systemctl starts nothing that could answer a ping.
+        assert install_command(out, user=True, root=None, wait=False) == 0
         return log.read_text().splitlines()
 
     assert launch_live() == ["--user show --property=Version", "--user daemon-reload",

@@ -1,0 +1,63 @@
+"""Wait until a started fleet is ready: every pool answers a ping on its own queues, and
+Flower answers (refusing anyone without the site's credentials).
+
+Used by the foreground launch and by launch --systemd, so both report readiness the
+same way; a broker that goes away meanwhile is waited for, as the workers do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from crate_deploy import probe
+from crate_deploy.deployment import flower_credentials
+from crate_deploy.model import Site
+from crate_deploy.secrets import Masker
+
+
+def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask: Masker, *,
+                     timeout: float, alive: Callable[[], bool],
+                     say: Callable[[str], None]) -> bool:
+    """True once everything answers; False after `timeout` (said why) or when not alive."""
+    app = probe.control_app(urls, timeout=3.0)
+    credentials = flower_credentials(site, secrets)
+    started, last_report = time.monotonic(), ""
+    broker_errors = probe.broker_errors(app)
+    try:
+        while alive():
+            try:
+                health = probe.FleetHealth(pools=probe.pool_health(app, site, probe.hostname()))
+            except broker_errors as exc:  # the broker went away: wait for it, as workers do
+                app.close()
+                app = probe.control_app(urls, timeout=3.0)
+                health = probe.FleetHealth()
+                missing = [f"the broker ({mask(str(exc)) or type(exc).__name__})"]
+            else:
+                if site.flower.enabled:
+                    health.flower = probe.flower_health(site, credentials)
+                missing = health.missing()
+            elapsed = time.monotonic() - started
+            if not missing:
+                say(f"ready in {elapsed:.1f}s: {summary(site, health)}")
+                return True
+            if elapsed > timeout:
+                say(f"error: not ready after {timeout:g}s: {'; '.join(missing)}")
+                return False
+            report = f"waiting for {', '.join(m.split(' (')[0] for m in missing)}"
+            if report != last_report:
+                say(f"{report} ({elapsed:.0f}s)")
+                last_report = report
+            time.sleep(0.5)
+    finally:
+        app.close()
+    return False
+
+
+def summary(site: Site, health: probe.FleetHealth) -> str:
+    parts = [f"{pool.node} on {', '.join(pool.queues)}" for pool in health.pools]
+    if site.beat.enabled:
+        parts.append("beat")
+    if health.flower:
+        parts.append(f"Flower at {health.flower.url} ({health.flower.detail})")
+    return "; ".join(parts)
