@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import click
 
 from crate_deploy.errors import CrateDeployError, UsageError
+from crate_deploy.layout import DEPLOYMENT_FILE
 from crate_deploy.model import PATH_PATTERN, Site
 from crate_deploy.render import render_site
 from crate_deploy.secrets import Masker
@@ -33,7 +35,7 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
     rendering = render_site(site, str(site_path), config_dir, versions, stamp)
-    for note in rendering.notes:
+    for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
     changes = plan_changes(output_dir, rendering.files)
     for change in changes:
@@ -81,3 +83,27 @@ def _masker(site: Site) -> Masker:
         return Masker(read_secrets(site).values())
     except CrateDeployError:
         return Masker()
+
+
+_QUEUE_ARGUMENTS = ("durable", "type", "delivery_limit", "dead_letter")
+
+
+def _changed_queues(site: Site, output_dir: Path) -> list[str]:
+    """Warn when a queue the last render declared changes its arguments: RabbitMQ refuses
+    to declare an existing queue differently (PRECONDITION_FAILED) and no worker starts."""
+    try:
+        document = json.loads((output_dir / DEPLOYMENT_FILE).read_text(encoding="utf-8"))
+        before = {queue["name"]: queue for queue in document["site"]["queues"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    notes = []
+    for queue in site.queues:
+        old = before.get(queue.name)
+        changed = [key for key in _QUEUE_ARGUMENTS
+                   if old is not None and old.get(key) != getattr(queue, key)]
+        if changed:
+            notes.append(f"queue {queue.name} changes {', '.join(changed)}: RabbitMQ refuses "
+                         "to redeclare an existing queue with other arguments "
+                         "(PRECONDITION_FAILED); drain and delete it before the workers "
+                         "restart, or give the queue a new name")
+    return notes

@@ -159,7 +159,8 @@ class Queue(Strict):
     type: Literal["classic", "quorum"] = "classic"
     """classic, or quorum (replicated; needs publisher confirms; no autoscale)."""
     delivery_limit: Annotated[int, Field(ge=1, le=1000)] | None = None
-    """Quorum queues: deliveries before a message is dead-lettered (stops poison-message loops)."""
+    """Quorum queues: how often a message may come back (be redelivered) before it is
+    dead-lettered, which stops poison-message loops: RabbitMQ delivers it at most N+1 times."""
     dead_letter: bool = False
     """Keep dead-lettered messages in QUEUE.dead (see `crate-deploy requeue`)."""
 

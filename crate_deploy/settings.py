@@ -122,7 +122,9 @@ def _queue(site: Site, queue: Queue) -> Settings:
         arguments["x-dead-letter-routing-key"] = queue.name
     return {
         "exchange": queue.name,
-        "exchange_type": "direct",
+        # Celery 5.5+ delays countdown/ETA tasks natively on quorum queues, which needs a
+        # topic exchange: with a direct one they block the worker instead.
+        "exchange_type": "topic" if queue.type == "quorum" else "direct",
         "routing_key": queue.name,
         "durable": queue.durable,
         "queue_arguments": arguments,

@@ -121,3 +121,16 @@ def test_modes_are_kept_as_rendered(tmp_path: Path) -> None:
     out = tmp_path / "out"
     apply_changes(out, plan_changes(out, [RenderedFile("secret", "x\n", 0o600)]))
     assert (out / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_changing_a_live_queue_s_arguments_is_warned_about(
+        run_cli: Callable[..., Result], write_site: Callable[..., Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    site = write_site(MINIMAL + "    celery_version: '5.7.0'\n")
+    assert run_cli("render", site, "-o", out).code == 0
+    site.write_text(site.read_text() + "queues: [{name: celery, type: quorum}]\n")
+    result = run_cli("render", site, "-o", out)
+    assert result.code == 0, result.err
+    assert ("note: queue celery changes type: RabbitMQ refuses to redeclare an existing queue "
+            "with other arguments (PRECONDITION_FAILED); drain and delete it before the "
+            "workers restart, or give the queue a new name") in result.err
