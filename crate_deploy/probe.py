@@ -148,15 +148,15 @@ def flower_health(site: Site, credentials: tuple[str, str] | None,
     flower = site.flower
     host = "127.0.0.1" if flower.address in ("0.0.0.0", "", "::") else flower.address  # noqa: S104
     base = f"http://{host}:{flower.port}/" + (f"{flower.url_prefix}/" if flower.url_prefix else "")
-    status = _http_status(base + "healthcheck", None, timeout)
+    status = http_status(base + "healthcheck", None, timeout)
     if status != 200:
         return FlowerHealth(base, False, f"health check answered {status or 'nothing'}")
     if credentials is None:
         return FlowerHealth(base, True, "up, no auth (loopback only)")
-    anonymous = _http_status(base, None, timeout)
+    anonymous = http_status(base, None, timeout)
     if anonymous != 401:
         return FlowerHealth(base, False, f"answers {anonymous} without credentials")
-    with_auth = _http_status(base, credentials, timeout)
+    with_auth = http_status(base, credentials, timeout)
     if with_auth != 200:
         return FlowerHealth(base, False, f"refuses the site's own credentials ({with_auth})")
     return FlowerHealth(base, True, f"up, auth enforced (user {credentials[0]})")
@@ -177,7 +177,9 @@ def _held_by_workers(app: Any, timeout: float) -> Counter[str]:
     return held
 
 
-def _http_status(url: str, credentials: tuple[str, str] | None, timeout: float) -> int | None:
+def http_status(url: str, credentials: tuple[str, str] | None = None,
+                timeout: float = 5.0) -> int | None:
+    """The HTTP status a GET of url answers (None: nothing answered)."""
     request = urllib.request.Request(url)  # noqa: S310 - http to the site's own Flower
     if credentials:
         token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()

@@ -254,15 +254,16 @@ def cmdline(pid: int) -> list[str]:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2,
-             what: str = "condition") -> Any:
-    """Poll until condition() is truthy; return its value or fail after timeout."""
+             what: str = "condition", describe: Callable[[], str] = lambda: "") -> Any:
+    """Poll until condition() is truthy; return its value or fail after timeout, with
+    describe()'s account of the state (a journal, say)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{describe()}")
         time.sleep(interval)
 
 

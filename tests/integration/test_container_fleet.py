@@ -35,13 +35,10 @@ developer machine and fails under CI (CI=true or CRATE_DEPLOY_REQUIRE_CONTAINER=
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +56,7 @@ from tests.integration.conftest import (
     free_port,
     make_client,
     run_crate_deploy,
+    wait_for,
 )
 from tests.rabbit import amqp_url, broker_problem, temporary_vhost
 from tests.systemd_container import (
@@ -197,32 +195,6 @@ def exposure(ct: Container, unit: str) -> float:
     return float(found.group(1))
 
 
-def http_status(url: str, credentials: tuple[str, str] | None = None) -> int | None:
-    request = urllib.request.Request(url)
-    if credentials:
-        token = base64.b64encode(":".join(credentials).encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str,
-             describe: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{describe()}")
-        time.sleep(0.25)
-
-
 def wait_until_up(ct: Container, fleet: Fleet, app: Any, timeout: float = 60.0) -> None:
     """Every pool answers a ping on its own queues, and Flower answers with auth enforced."""
     site = fleet.model
@@ -239,8 +211,9 @@ def wait_until_up(ct: Container, fleet: Fleet, app: Any, timeout: float = 60.0) 
         last[:] = health.missing()
         return not last
 
-    wait_for(up, timeout, "every pool and Flower",
-             lambda: f"missing: {last}\n" + "\n".join(ct.journal(u, lines=30) for u in SERVICES))
+    journals = lambda: "\n".join(ct.journal(unit, lines=30) for unit in SERVICES)  # noqa: E731
+    wait_for(up, timeout, what="every pool and Flower",
+             describe=lambda: f"missing: {last}\n{journals()}")
 
 
 def in_namespace(pid_namespace: str) -> list[int]:
@@ -297,7 +270,7 @@ def test_fleet_under_systemd(tmp_path: Path, vhost: str) -> None:
     assert not ct.running
     assert not in_namespace(pid_namespace)
     # Nothing is left listening: Flower (in the container) is gone.
-    assert http_status(f"http://127.0.0.1:{fleet.flower_port}/healthcheck") is None
+    assert probe.http_status(f"http://127.0.0.1:{fleet.flower_port}/healthcheck") is None
     timings["total"] = time.monotonic() - started
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
@@ -326,9 +299,9 @@ def _exercise(ct: Container, fleet: Fleet, timings: dict[str, float]) -> None:
         active = ct.systemctl("is-active", TARGET, *SERVICES).stdout.split()
         assert active == ["active"] * (1 + len(SERVICES)), active
         flower = f"http://127.0.0.1:{fleet.flower_port}/"
-        assert http_status(flower) == 401
-        assert http_status(flower, ("admin", "not-the-password")) == 401
-        assert http_status(flower, ("admin", fleet.flower_password)) == 200
+        assert probe.http_status(flower) == 401
+        assert probe.http_status(flower, ("admin", "not-the-password")) == 401
+        assert probe.http_status(flower, ("admin", fleet.flower_password)) == 200
         pids = main_pids(ct)
         for unit, pid in pids.items():
             assert pid > 0, unit
@@ -399,16 +372,16 @@ def _exercise(ct: Container, fleet: Fleet, timings: dict[str, float]) -> None:
         assert {task["hostname"] for task in running} == {nodes["slow"]}
         stop_issued = time.monotonic()
         ct.systemctl("stop", TARGET)
-        # systemctl waits for the target's own stop job only, which runs first (the
-        # target is ordered after its services); the services then stop warmly.
+        # The services are ordered after their target, so systemctl returns once they
+        # have stopped warmly; the test still waits for every unit to be inactive.
         timings["systemctl stop returned"] = time.monotonic() - stop_issued
 
         def stopped() -> bool:
             states = ct.systemctl("is-active", TARGET, *SERVICES, check=False).stdout.split()
             return set(states) <= {"inactive", "failed"}
 
-        wait_for(stopped, STOP_WITHIN, "the fleet to stop",
-                 lambda: ct.journal(WORKERS["slow"], lines=60))
+        wait_for(stopped, STOP_WITHIN, what="the fleet to stop",
+                 describe=lambda: ct.journal(WORKERS["slow"], lines=60))
         stop_seconds = time.monotonic() - stop_issued
         timings["warm stop"] = stop_seconds
         slow_log = ct.journal(WORKERS["slow"])
@@ -432,7 +405,7 @@ def _exercise(ct: Container, fleet: Fleet, timings: dict[str, float]) -> None:
         left = [r for r in slow if r.id not in running_ids]
         assert len(left) == 2
         wait_for(lambda: queue_ready(control, "demo-slow") == 2, 10,
-                 "the 2 slow tasks that had not started to be ready in demo-slow")
+                 what="the 2 slow tasks that had not started to be ready in demo-slow")
         assert all(r.state == "PENDING" for r in left)
         ct.systemctl("start", WORKERS["slow"])
         values = client.gather(left, timeout=60)

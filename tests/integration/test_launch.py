@@ -8,14 +8,11 @@ a process that merely reuses the pid of a launch that died without cleaning up."
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 
 from crate_deploy.launch import INHERITED
+from crate_deploy.probe import http_status
 from crate_deploy.units import load_service
 from tests.integration.conftest import (
     QUEUES,
@@ -165,18 +163,6 @@ def test_processes_run_exactly_what_their_units_say(
 # --- 4. Flower: auth enforced, loopback only ------------------------------------------------
 
 
-def _http(url: str, credentials: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(url)
-    if credentials:
-        token = base64.b64encode(":".join(credentials).encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def _listening(port: int) -> dict[int, str]:
     """Socket inode -> local address of every TCP socket listening on port (v4 and v6)."""
     found = {}
@@ -215,11 +201,11 @@ def test_flower_requires_auth_and_listens_on_loopback_only(
     site, launch, _ = fleet
     base = f"http://127.0.0.1:{site.flower_port}/"
     credentials = (site.flower_user, site.flower_password)
-    assert _http(base) == 401
-    assert _http(base + "api/workers") == 401
-    assert _http(base, (site.flower_user, "wrong-password")) == 401
-    assert _http(base, credentials) == 200
-    assert _http(base + "api/workers", credentials) == 200
+    assert http_status(base) == 401
+    assert http_status(base + "api/workers") == 401
+    assert http_status(base, (site.flower_user, "wrong-password")) == 401
+    assert http_status(base, credentials) == 200
+    assert http_status(base + "api/workers", credentials) == 200
 
     listening = _listening(site.flower_port)
     flower_sockets = _socket_inodes(launch.pids()["demo-flower"])
