@@ -10,11 +10,12 @@ the fleet warmly (SIGTERM to each main process; running tasks finish).
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,9 @@ def launch_command(directory: Path, *, timeout: float) -> int:
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
     specs = _process_specs(deployment)
-    ensure_directory(Path(deployment.state_dir))
+    ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
     say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
-    if warning := secrets_file_warning(site):
+    for warning in filter(None, [secrets_file_warning(site), _identity_warning(specs)]):
         say.line(NAME, f"warning: {warning}")
     # One printer for the services and for us: one name width, one lock.
     fleet = _Fleet(deployment, urls, secrets, Supervisor(
@@ -124,10 +125,44 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
 def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     base = {key: os.environ[key] for key in INHERITED if key in os.environ}
     try:
-        return [process_spec_from_service(load_service(deployment.unit_dir / name, base))
-                for name in deployment.services]
+        specs = [process_spec_from_service(load_service(deployment.unit_dir / name, base))
+                 for name in deployment.services]
     except UnitError as exc:
         raise LaunchError(str(exc)) from None
+    return [_as_unit_user(spec) for spec in specs]
+
+
+def _as_unit_user(spec: ProcessSpec) -> ProcessSpec:
+    """Run as root, switch to the unit's User= with that user's HOME/USER/LOGNAME, as
+    systemd does; run as anyone else, run as them (a warning says so)."""
+    if spec.user is None or os.geteuid() != 0:
+        return spec
+    try:
+        account = pwd.getpwnam(spec.user)
+    except KeyError:
+        raise LaunchError(f"{spec.name}: User={spec.user} does not exist on this machine") from None
+    env = {**spec.env, "HOME": account.pw_dir, "USER": spec.user, "LOGNAME": spec.user}
+    return replace(spec, env=env)
+
+
+def _owner(specs: list[ProcessSpec]) -> tuple[int, int] | None:
+    """Who must own the state directory: the unit's user, when we switch to it."""
+    user = next((spec.user for spec in specs if spec.user), None)
+    if user is None or os.geteuid() != 0:
+        return None
+    account = pwd.getpwnam(user)
+    return account.pw_uid, account.pw_gid
+
+
+def _identity_warning(specs: list[ProcessSpec]) -> str | None:
+    users = sorted({spec.user for spec in specs if spec.user})
+    if not users or os.geteuid() == 0:
+        return None
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if users == [me]:
+        return None
+    return (f"the units say User={', '.join(users)}; only root can switch, so this launch runs "
+            f"them as {me}")
 
 
 def _supervise(fleet: _Fleet, timeout: float) -> int:

@@ -58,6 +58,8 @@ class ProcessSpec:
     start_limit_interval_sec: float = 10.0
     kill_mode: KillMode = "mixed"
     ignore_failure: bool = False  # ExecStart=-...: a failing exit counts as clean
+    user: str | None = None  # User=: switched to when the supervisor runs as root
+    group: str | None = None
 
 
 def process_spec_from_service(service: ServiceSpec) -> ProcessSpec:
@@ -79,6 +81,8 @@ def process_spec_from_service(service: ServiceSpec) -> ProcessSpec:
         start_limit_interval_sec=service.start_limit_interval_sec,
         kill_mode="mixed" if service.kill_mode == "mixed" else "control-group",
         ignore_failure=service.ignore_failure,
+        user=service.user,
+        group=service.group,
     )
 
 

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 from crate_deploy.process_policy import (
     BACKOFF_CAP_SEC,
@@ -274,9 +274,13 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **_identity(spec),
             )
         except OSError as error:
             self._spawn_failed(child, error)
+            return
+        except KeyError:  # subprocess looks the names up: no such user or group
+            self._spawn_failed(child, OSError(f"no user {spec.user!r} or group {spec.group!r}"))
             return
         child.popen = popen
         self._watch(child, popen)
@@ -445,6 +449,14 @@ class Supervisor:
         )  # fmt: skip
         statuses = {c.spec.name: c.returncode for c in children}
         return SupervisorResult(clean, statuses, self._crash_loop, timed_out)
+
+
+def _identity(spec: ProcessSpec) -> dict[str, Any]:
+    """Popen arguments that run the process as its unit's User=/Group=, as systemd would;
+    only root can switch, so anyone else runs it as themselves (launch says so)."""
+    if spec.user is None or os.geteuid() != 0:
+        return {}
+    return {"user": spec.user, "group": spec.group or spec.user, "extra_groups": []}
 
 
 @contextlib.contextmanager

@@ -96,9 +96,13 @@ def remove_file(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def ensure_directory(path: Path, mode: int = 0o750) -> None:
-    """Create a directory a service needs (a state directory for foreground runs)."""
+def ensure_directory(path: Path, mode: int = 0o750,
+                     owner: tuple[int, int] | None = None) -> None:
+    """Create a directory a service needs (a state directory for foreground runs),
+    owned by the service's user when it runs as one (systemd's StateDirectory= does)."""
     path.mkdir(mode=mode, parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(path, *owner)
 
 
 def _stage(target: Path, content: bytes, mode: int, *, sync: bool = True) -> Path:

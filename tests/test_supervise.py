@@ -552,3 +552,19 @@ def test_process_spec_from_service() -> None:
     assert cwd.cwd == Path("/srv") and cwd.kill_mode == "control-group"
     with pytest.raises(UnitError, match="KillMode=process leaves processes behind"):
         process_spec_from_service(ServiceSpec("w", ["/x"], {}, kill_mode="process"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can switch users")
+def test_a_unit_user_is_switched_to_when_running_as_root(tmp_path: Path) -> None:
+    """User=/Group= apply as systemd applies them: the process runs as that account."""
+    from io import StringIO
+
+    from crate_deploy.supervise import ProcessSpec, Supervisor
+
+    out = StringIO()
+    # /bin/sh, not this Python: pyenv keeps it under /root, which nobody may not enter.
+    spec = ProcessSpec("who", ["/bin/sh", "-c", 'echo "$(id -u) $(id -g)"'], env={},
+                       cwd=Path("/"), user="nobody", group="nogroup")
+    result = Supervisor([spec], output=out).run()
+    assert result.exit_statuses == {"who": 0}
+    assert "65534 65534" in out.getvalue()
