@@ -38,11 +38,12 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
     changes = plan_changes(output_dir, rendering.files)
+    mask = _masker(site) if show_diff else None
     for change in changes:
         colour = _COLOURS[change.status]
         click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
-        if show_diff and change.status != "unchanged":
-            click.echo(change.diff(_masker(site)), nl=False)
+        if mask is not None and change.status != "unchanged":
+            click.echo(change.diff(mask), nl=False)
     changed = sum(change.status != "unchanged" for change in changes)
     if check:
         click.echo(f"check: {changed} file(s) would change; nothing written")
