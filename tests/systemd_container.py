@@ -72,6 +72,9 @@ BUILD_SCRIPT: Final = REPO_ROOT / ".ci" / "container-rootfs"
 SUITE: Final = "bookworm"
 MARKER_NAME: Final = ".crate-deploy-recipe"
 APP_PREFIX: Final = "/opt/crate-demo"
+# Where tests bind the application, and the venv .ci/container-rootfs made in the root.
+APP_DIR: Final = f"{APP_PREFIX}/app"
+VENV: Final = f"{APP_PREFIX}/venv"
 
 UNIT_SUFFIXES: Final = frozenset(
     {".service", ".socket", ".target", ".timer", ".path", ".slice", ".mount", ".automount"}

@@ -511,14 +511,12 @@ class BrokerProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
-        self._closed = False
 
     def __enter__(self) -> BrokerProxy:
         self.restore()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._closed = True
         self.cut()
 
     def restore(self) -> None:

@@ -23,7 +23,6 @@ import contextlib
 import os
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -333,60 +332,6 @@ def broker_outage() -> Iterator[Outage]:
         _rabbitmqctl("await_startup", timeout=120)
         outage.ended = time.time()
         outage.start_took = outage.ended - restart
-
-
-class LoopbackProxy:
-    """A TCP forwarder from 127.0.0.1:port to the broker, switched on when the test says:
-    a broker that is not there yet (boot order), on a port of our own, so the real
-    broker, which other tests share, is never disturbed."""
-
-    def __init__(self, port: int, target: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
-        self.port, self.target = port, target
-        self._listener: socket.socket | None = None
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-            listener, self._listener = self._listener, None
-        for sock in [*sockets, *([listener] if listener else [])]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
 
 
 @contextlib.contextmanager

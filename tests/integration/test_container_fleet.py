@@ -60,7 +60,8 @@ from tests.integration.conftest import (
 )
 from tests.rabbit import amqp_url, broker_problem, temporary_vhost
 from tests.systemd_container import (
-    APP_PREFIX,
+    APP_DIR,
+    VENV,
     Container,
     container_available,
     skip_or_fail,
@@ -68,8 +69,6 @@ from tests.systemd_container import (
 
 pytestmark = pytest.mark.slow
 
-APP_DIR = f"{APP_PREFIX}/app"
-VENV = f"{APP_PREFIX}/venv"
 CONFIG_DIR = "/etc/crate-deploy/demo"
 SECRETS_FILE = "/etc/crate-deploy/demo-secrets.env"
 STATE_DIR = "/var/lib/demo"  # the default for project "demo": StateDirectory=demo

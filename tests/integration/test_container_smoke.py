@@ -31,7 +31,8 @@ from celery import Celery
 
 from tests.rabbit import amqp_url, broker_problem, temporary_vhost
 from tests.systemd_container import (
-    APP_PREFIX,
+    APP_DIR,
+    VENV,
     Container,
     container_available,
     skip_or_fail,
@@ -39,8 +40,6 @@ from tests.systemd_container import (
 
 pytestmark = pytest.mark.slow
 
-APP_DIR = f"{APP_PREFIX}/app"
-VENV = f"{APP_PREFIX}/venv"
 SERVICE_USER_UID = 33  # Debian's www-data
 # What PrivateDevices=yes leaves in /dev (no disks, no /dev/kmsg, no /dev/mem, ...).
 PRIVATE_DEV = frozenset(

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (
+    BrokerProxy,
     Launch,
     descendants,
-    free_port,
     node,
     run_crate_deploy,
     venv_or_skip,
@@ -39,7 +39,6 @@ from tests.integration.fault_support import (
     QUEUE,
     SERVICE,
     Ledger,
-    LoopbackProxy,
     Publisher,
     alive,
     broker_outage,
@@ -288,7 +287,7 @@ def test_pool_started_before_the_broker_still_keeps_dead_letters(
     or the broker drops what it dead-letters. The broker is reached through a loopback
     proxy of the test's own that is switched on late; the shared broker is not touched."""
     venv = venv_or_skip("celery57")
-    proxy = LoopbackProxy(free_port())
+    proxy = BrokerProxy()  # listens only once restore() is called
     site = fault_site(tmp_path, vhost, venv, concurrency=2,
                       queue={"type": "quorum", "delivery_limit": 1, "dead_letter": True},
                       overrides={"broker": {"connection_timeout": 2}},
@@ -303,7 +302,7 @@ def test_pool_started_before_the_broker_still_keeps_dead_letters(
         with run_unit(site, SERVICE, log) as worker:
             wait_for(lambda: printed("Cannot connect to"), 30, 0.1,
                      what="the pool to retry the broker")
-            proxy.start()
+            proxy.restore()
             up_at = time.time()
             wait_for(lambda: printed(" ready."), 60, 0.1, what="the pool to be ready")
             ready_at = time.time()
@@ -323,7 +322,7 @@ def test_pool_started_before_the_broker_still_keeps_dead_letters(
             runs = len(ledger.starts(poison))
             assert queue_depth(site, QUEUE) == 0
     finally:
-        proxy.stop()
+        proxy.cut()
     record("pool started before the broker (boot order), quorum delivery_limit 1",
            celery_version(venv), sent=1 + len(quick), in_flight=1 + len(quick),
            completed=len(ledger.completed(quick)), lost=len(missing),
