@@ -55,8 +55,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crate_deploy.launch import INHERITED  # noqa: E402
-from crate_deploy.units import load_service  # noqa: E402
+from crate_deploy.run.launch import INHERITED  # noqa: E402
+from crate_deploy.systemd.units import load_service  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
     CRATE_DEPLOY,
     DemoSite,

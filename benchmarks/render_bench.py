@@ -16,7 +16,7 @@ Cases:
 - floor          `python -c "import yaml, jinja2, pydantic"`: the import floor, same
                  interpreter (`python`: interpreter start alone; `floor+model`: with
                  pydantic.main, which `import pydantic` alone does not load)
-- imports        `import crate_deploy.cli, crate_deploy.commands`: a render's imports
+- imports        `import crate_deploy.cli, crate_deploy.commands.render`: a render's imports
 - render-first   `crate-deploy render examples/site.yaml -o EMPTY_DIR`
 - render-repeat  the same into a directory where every file is already unchanged
 - validate       `crate-deploy validate examples/site.yaml`
@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "site.yaml"
 FLOOR_CODE = "import yaml, jinja2, pydantic"
 BASEMODEL_CODE = "import yaml, jinja2; from pydantic import BaseModel"
-IMPORTS_CODE = "import crate_deploy.cli, crate_deploy.commands"
+IMPORTS_CODE = "import crate_deploy.cli, crate_deploy.commands.render"
 RENDER_RATIO_TARGET = 1.3
 BIG_TARGET_SEC = 1.0
 BIG_POOLS = 1000
@@ -175,8 +175,8 @@ def machine() -> dict[str, Any]:
 def build_cases(work: Path, program: str) -> list[Case]:
     from crate_deploy import render as render_module
     from crate_deploy.render import render_site
-    from crate_deploy.target import choose_versions
-    from crate_deploy.validate import validate_file
+    from crate_deploy.site.validate import validate_file
+    from crate_deploy.target.probe import choose_versions
     from crate_deploy.write import apply_changes, plan_changes
 
     big = work / "site1000.yaml"
@@ -368,8 +368,8 @@ def call_profile(work: Path, top: int = 20) -> str:
     """cProfile of the in-process 1000-pool render (validate + render + plan)."""
     from crate_deploy import render as render_module
     from crate_deploy.render import render_site
-    from crate_deploy.target import choose_versions
-    from crate_deploy.validate import validate_file
+    from crate_deploy.site.validate import validate_file
+    from crate_deploy.target.probe import choose_versions
     from crate_deploy.write import plan_changes
 
     big, empty = work / "site1000.yaml", work / "never-written"
@@ -391,9 +391,9 @@ MODEL_BUILD_CODE = """
 import time
 import yaml, jinja2, click
 from pydantic import BaseModel
-import crate_deploy.errors, crate_deploy.load
+import crate_deploy.errors, crate_deploy.site.load
 start = time.perf_counter()
-import crate_deploy.model
+import crate_deploy.site.model
 print(time.perf_counter() - start)
 """
 
@@ -401,15 +401,15 @@ print(time.perf_counter() - start)
 def phase_profile(work: Path, repeats: int = 7) -> str:
     """Median time of each step of a render, in this process, for both sites."""
     from crate_deploy import render as render_module
-    from crate_deploy.load import load_site
     from crate_deploy.render import render_site
-    from crate_deploy.target import choose_versions
-    from crate_deploy.validate import validate_file
+    from crate_deploy.site.load import load_site
+    from crate_deploy.site.validate import validate_file
+    from crate_deploy.target.probe import choose_versions
     from crate_deploy.write import apply_changes, plan_changes
 
     builds = [float(subprocess.run([sys.executable, "-c", MODEL_BUILD_CODE], capture_output=True,
                                    text=True, check=True).stdout) for _ in range(repeats)]
-    lines = [f"Model build: importing crate_deploy.model once its imports are loaded (class "
+    lines = [f"Model build: importing crate_deploy.site.model once its imports are loaded (class "
              f"creation, pydantic core-schema and validator build) takes "
              f"{statistics.median(builds) * 1e3:.0f} ms (median of {repeats} processes).", "",
              "Steps of a render in one process (median of "

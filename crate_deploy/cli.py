@@ -19,7 +19,7 @@ import click
 
 from crate_deploy import __version__
 from crate_deploy.errors import CrateDeployError, SiteError, UsageError
-from crate_deploy.layout import DEFAULT_OUTPUT_DIR
+from crate_deploy.plan.names import DEFAULT_OUTPUT_DIR
 from crate_deploy.secrets import mask
 
 SITE = click.argument("site", type=click.Path(path_type=Path, dir_okay=False),
@@ -41,7 +41,7 @@ def cli() -> None:
               help="Where a render keeps the probed versions of the target's Celery.")
 def validate(site: Path, output_dir: Path) -> int:
     """Check a site file; print every problem as FILE:LINE:COL: KEY: MESSAGE."""
-    from crate_deploy.commands import validate_command
+    from crate_deploy.commands.render import validate_command
 
     return validate_command(site, output_dir)
 
@@ -54,7 +54,7 @@ def validate(site: Path, output_dir: Path) -> int:
 @click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
 def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
     """Render systemd units, Celery and Flower config for a site file."""
-    from crate_deploy.commands import render_command
+    from crate_deploy.commands.render import render_command
 
     return render_command(site, output_dir, check=check, show_diff=show_diff)
 
@@ -66,13 +66,13 @@ def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
 def schema(markdown: bool, example: Path | None) -> int:
     """Print the JSON Schema of the site file (or its reference, with --markdown)."""
     if markdown:
-        from crate_deploy.load import load_site
-        from crate_deploy.reference import markdown_reference
+        from crate_deploy.site.load import load_site
+        from crate_deploy.site.reference import markdown_reference
 
         data = load_site(example).data if example else None
         click.echo(markdown_reference(data), nl=False)
         return 0
-    from crate_deploy.model import Site
+    from crate_deploy.site.model import Site
 
     click.echo(json.dumps(Site.model_json_schema(), indent=2))
     return 0
@@ -91,12 +91,12 @@ def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
            root: Path | None) -> int:
     """Run the rendered fleet in the foreground (or install it into systemd)."""
     if use_systemd:
-        from crate_deploy.install import install_command
+        from crate_deploy.run.install import install_command
 
         return install_command(directory, user=user, root=root, timeout=timeout)
     if user or root:
         raise UsageError("--user and --root go with --systemd")
-    from crate_deploy.launch import launch_command
+    from crate_deploy.run.launch import launch_command
 
     return launch_command(directory, timeout=timeout)
 
@@ -107,7 +107,7 @@ def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
               "timeout of the units, plus 30).")
 def stop(directory: Path, timeout: float | None) -> int:
     """Stop a foreground launch warmly: running tasks finish."""
-    from crate_deploy.launch import stop_command
+    from crate_deploy.run.launch import stop_command
 
     return stop_command(directory, timeout=timeout)
 
@@ -117,7 +117,7 @@ def stop(directory: Path, timeout: float | None) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def status(directory: Path, as_json: bool) -> int:
     """Say what is up and what each queue holds; exit 1 unless everything is up."""
-    from crate_deploy.status import status_command
+    from crate_deploy.inspect.status import status_command
 
     return status_command(directory, as_json=as_json)
 
@@ -130,7 +130,7 @@ def status(directory: Path, as_json: bool) -> int:
 @click.option("--dry-run", is_flag=True, help="List what is parked; move nothing.")
 def requeue(queues: tuple[str, ...], directory: Path, to: str | None, dry_run: bool) -> int:
     """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them."""
-    from crate_deploy.requeue import requeue_command
+    from crate_deploy.inspect.requeue import requeue_command
 
     return requeue_command(directory, queues, to=to, dry_run=dry_run)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError, RenderError
-from crate_deploy.layout import MANIFEST_FILE
+from crate_deploy.plan.names import MANIFEST_FILE
 from crate_deploy.render import RenderedFile
 
 

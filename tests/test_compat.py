@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from crate_deploy.versions import TargetVersions
+from crate_deploy.target.versions import TargetVersions
 from tests.conftest import EXAMPLES, MINIMAL, Result
 
 NEW_FEATURES = MINIMAL.replace("queues: [celery]\n", (
@@ -65,7 +65,7 @@ def test_defaults_the_target_lacks_are_left_out_and_said_once(
 
 
 def test_probed_versions_are_cached_in_the_output(tmp_path: Path) -> None:
-    from crate_deploy.target import _cached
+    from crate_deploy.target.probe import _cached
 
     assert _cached(tmp_path, "stamp") is None
     (tmp_path / "deployment.json").write_text(

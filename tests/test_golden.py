@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from crate_deploy.render import render_site
-from crate_deploy.target import choose_versions
-from crate_deploy.validate import validate_file
-from crate_deploy.versions import NEWEST_KNOWN
+from crate_deploy.site.validate import validate_file
+from crate_deploy.target.probe import choose_versions
+from crate_deploy.target.versions import NEWEST_KNOWN
 from tests.conftest import EXAMPLES, ROOT
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -302,7 +302,7 @@ def test_invalid_site_leaves_an_existing_output_directory_untouched(tmp_path: Pa
 
 def test_an_output_directory_with_a_percent_sign(tmp_path: Path,
                                                  run_cli: Callable[..., Result]) -> None:
-    from crate_deploy.units import load_service
+    from crate_deploy.systemd.units import load_service
 
     site = tmp_path / "site.yaml"
     site.write_text(SITE + "flower: {enabled: true}\n", encoding="utf-8")

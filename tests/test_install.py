@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from crate_deploy import install
 from crate_deploy.errors import LaunchError, UsageError
-from crate_deploy.install import INSTALL_MANIFEST, install_command
 from crate_deploy.render import render_site
-from crate_deploy.validate import validate_file
-from crate_deploy.versions import NEWEST_KNOWN
+from crate_deploy.run import install
+from crate_deploy.run.install import INSTALL_MANIFEST, install_command
+from crate_deploy.site.validate import validate_file
+from crate_deploy.target.versions import NEWEST_KNOWN
 from crate_deploy.write import apply_changes, plan_changes
 from tests.conftest import EXAMPLES
 from tests.unit_checks import verify_units

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crate_deploy.errors import SiteError
-from crate_deploy.load import Mark, format_loc, parse_site
+from crate_deploy.site.load import Mark, format_loc, parse_site
 
 
 def problems(raw: bytes) -> list[str]:

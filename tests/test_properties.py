@@ -9,9 +9,9 @@ such site:
 
 (a) every rendered unit passes `systemd-analyze verify` with nothing on stderr;
 (b) the rendered Python config modules are plain `NAME = <literal>` assignments;
-(c) the env file reads back (crate_deploy.units.parse_environment_file) as the site's
+(c) the env file reads back (crate_deploy.systemd.units.parse_environment_file) as the site's
     environment, exactly;
-(d) each unit's ExecStart= splits (crate_deploy.units.split_command_line) into exactly
+(d) each unit's ExecStart= splits (crate_deploy.systemd.units.split_command_line) into exactly
     the intended argv, and no value puts a line of its own into a unit.
 
 Also: parse_site either parses bytes or raises SiteError, never anything else.
@@ -33,10 +33,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from crate_deploy.checks import check_site
 from crate_deploy.errors import SiteError
-from crate_deploy.load import parse_site
-from crate_deploy.model import (
+from crate_deploy.render import RenderedFile, render_site, seconds
+from crate_deploy.site.checks import check_site
+from crate_deploy.site.load import parse_site
+from crate_deploy.site.model import (
     APP_PATTERN,
     DOTTED_PATTERN,
     ENV_NAME_PATTERN,
@@ -45,14 +46,13 @@ from crate_deploy.model import (
     ROUTE_PATTERN,
     Site,
 )
-from crate_deploy.render import RenderedFile, render_site, seconds
-from crate_deploy.units import (
+from crate_deploy.systemd.units import (
     parse_environment_file,
     parse_time_span,
     parse_unit,
     split_command_line,
 )
-from crate_deploy.versions import NEWEST_KNOWN
+from crate_deploy.target.versions import NEWEST_KNOWN
 from tests.unit_checks import verify_units
 
 # --- strategies -------------------------------------------------------------------------

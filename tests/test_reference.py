@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from crate_deploy.load import load_site
-from crate_deploy.model import Site
-from crate_deploy.reference import END, START, markdown_reference
+from crate_deploy.site.load import load_site
+from crate_deploy.site.model import Site
+from crate_deploy.site.reference import END, START, markdown_reference
 from tests.conftest import EXAMPLES, ROOT
 
 

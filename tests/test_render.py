@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from crate_deploy.render import RenderedFile, python_literal, render_site, unit_word
-from crate_deploy.validate import validate_file
-from crate_deploy.versions import NEWEST_KNOWN, TargetVersions
+from crate_deploy.site.validate import validate_file
+from crate_deploy.target.versions import NEWEST_KNOWN, TargetVersions
 from tests.conftest import EXAMPLES, MINIMAL, ROOT
 
 
@@ -104,7 +104,7 @@ HOSTILE = 'q"u\'o$t{e}%s\\back `tick` $HOME %%n'
 
 
 def test_hostile_environment_values_come_out_inert(write_site: Callable[..., Path]) -> None:
-    from crate_deploy.units import parse_environment_file
+    from crate_deploy.systemd.units import parse_environment_file
 
     path = write_site(MINIMAL + f"    environment:\n      HOSTILE: {json.dumps(HOSTILE)}\n")
     env_file = render(path)["demo.env"]
@@ -112,7 +112,7 @@ def test_hostile_environment_values_come_out_inert(write_site: Callable[..., Pat
 
 
 def test_hostile_extra_args_stay_one_word(write_site: Callable[..., Path]) -> None:
-    from crate_deploy.units import split_command_line
+    from crate_deploy.systemd.units import split_command_line
 
     arg = f"--statedb={HOSTILE}"
     path = write_site(MINIMAL + f"        extra_args: [{json.dumps(arg)}]\n")

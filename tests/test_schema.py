@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from crate_deploy.model import Site
+from crate_deploy.site.model import Site
 from tests.conftest import EXAMPLES, ROOT
 
 SCHEMA = ROOT / "docs" / "site.schema.json"

@@ -217,8 +217,8 @@ def test_status_does_not_echo_a_malformed_secrets_file(unreachable: Path, line: 
 def test_a_password_with_url_delimiters_stays_in_the_password() -> None:
     from kombu.utils.url import parse_url
 
-    from crate_deploy.deployment import broker_urls
-    from crate_deploy.model import Site
+    from crate_deploy.site.model import Site
+    from crate_deploy.state.deployment import broker_urls
 
     site = Site.model_validate({
         "project": "demo", "app": "demo.app", "celery": "/usr/bin/celery",

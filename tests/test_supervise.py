@@ -1,4 +1,4 @@
-"""Tests for crate_deploy.supervise, with real processes.
+"""Tests for crate_deploy.run.supervise, with real processes.
 
 Every process a test starts is checked to be gone when the test ends: the
 `fleets` fixture stops what is still running and then waits for every main
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from crate_deploy.supervise import (
+from crate_deploy.run.supervise import (
     LinePrinter,
     ProcessSpec,
     Supervisor,
@@ -33,7 +33,7 @@ from crate_deploy.supervise import (
     should_restart,
     stop_on_signals,
 )
-from crate_deploy.units import ServiceSpec, UnitError
+from crate_deploy.systemd.units import ServiceSpec, UnitError
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 STAMP = r"\d\d:\d\d:\d\d"
@@ -559,7 +559,7 @@ def test_a_unit_user_is_switched_to_when_running_as_root(tmp_path: Path) -> None
     """User=/Group= apply as systemd applies them: the process runs as that account."""
     from io import StringIO
 
-    from crate_deploy.supervise import ProcessSpec, Supervisor
+    from crate_deploy.run.supervise import ProcessSpec, Supervisor
 
     out = StringIO()
     # /bin/sh, not this Python: pyenv keeps it under /root, which nobody may not enter.

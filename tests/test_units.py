@@ -1,4 +1,4 @@
-"""Tests for crate_deploy.units: unit files read the way systemd reads them."""
+"""Tests for crate_deploy.systemd.units: unit files read the way systemd reads them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crate_deploy.units import (
+from crate_deploy.systemd.units import (
     ExecCommand,
     UnitError,
     load_service,

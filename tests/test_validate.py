@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from crate_deploy.errors import SiteError
-from crate_deploy.validate import validate_file
+from crate_deploy.site.validate import validate_file
 from tests.conftest import EXAMPLES, MINIMAL
 
 

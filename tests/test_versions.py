@@ -1,4 +1,4 @@
-"""crate_deploy.versions: the version tables, their helpers, and probing a target's venv."""
+"""crate_deploy.target.versions: the version tables, their helpers, and probing a target's venv."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from crate_deploy import versions
-from crate_deploy.versions import (
+from crate_deploy.target import versions
+from crate_deploy.target.versions import (
     BEAT_OPTION_SINCE,
     FLOWER_OPTION_SINCE,
     NEWEST_KNOWN,

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from crate_deploy.units import split_command_line
+from crate_deploy.systemd.units import split_command_line
 
 SYSTEM_UNITS = Path("/lib/systemd/system")
 

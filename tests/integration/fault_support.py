@@ -338,8 +338,8 @@ def broker_outage() -> Iterator[Outage]:
 def run_unit(site: DemoSite, service: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run one service exactly as its unit says (as systemd would at boot, without
     launch's broker check), in a session of its own; stopped warmly, then killed."""
-    from crate_deploy.launch import INHERITED
-    from crate_deploy.units import load_service
+    from crate_deploy.run.launch import INHERITED
+    from crate_deploy.systemd.units import load_service
 
     base = {key: os.environ[key] for key in INHERITED if key in os.environ}
     unit = load_service(site.unit(service), base)

@@ -47,9 +47,9 @@ from typing import Any
 import pytest
 import yaml
 
-from crate_deploy import probe
-from crate_deploy.deployment import load_deployment
-from crate_deploy.model import Site
+from crate_deploy.inspect import probe
+from crate_deploy.site.model import Site
+from crate_deploy.state.deployment import load_deployment
 from tests.integration.conftest import (
     DEMO,
     TaskClient,

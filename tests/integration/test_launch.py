@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from crate_deploy.launch import INHERITED
-from crate_deploy.probe import http_status
-from crate_deploy.units import load_service
+from crate_deploy.inspect.probe import http_status
+from crate_deploy.run.launch import INHERITED
+from crate_deploy.systemd.units import load_service
 from tests.integration.conftest import (
     QUEUES,
     BrokerProxy,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from crate_deploy.load import Loc
-from crate_deploy.model import Site
-from crate_deploy.settings import Settings
-from crate_deploy.versions import Kind, TargetVersions, unsupported
+from crate_deploy.plan.settings import Settings
+from crate_deploy.site.load import Loc
+from crate_deploy.site.model import Site
+from crate_deploy.target.versions import Kind, TargetVersions, unsupported
 
 # Worker fields of the site file and the Celery setting (or worker option) each becomes.
 WORKER_FEATURES: dict[str, tuple[Kind, str]] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only annotations: `crate-deploy --help` need not build the models
-    from crate_deploy.model import Site, Worker
+    from crate_deploy.site.model import Site, Worker
 
 DEFAULT_OUTPUT_DIR = Path("crate-deploy-out")
 UNIT_DIR = "systemd"

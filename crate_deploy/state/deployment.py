@@ -16,7 +16,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from crate_deploy.errors import LaunchError, UsageError
-from crate_deploy.layout import (
+from crate_deploy.plan.names import (
     APP_MODULE,
     CONFIG_MODULE,
     DEPLOYMENT_FILE,
@@ -25,9 +25,9 @@ from crate_deploy.layout import (
     UNIT_DIR,
     env_file_name,
 )
-from crate_deploy.model import SECRET_REFERENCE, Site
 from crate_deploy.secrets import Masker
-from crate_deploy.units import UnitError, parse_environment_file
+from crate_deploy.site.model import SECRET_REFERENCE, Site
+from crate_deploy.systemd.units import UnitError, parse_environment_file
 
 
 @dataclass(frozen=True)

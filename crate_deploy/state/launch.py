@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from crate_deploy.deployment import Deployment
+from crate_deploy.state.deployment import Deployment
 from crate_deploy.write import remove_file, write_file_atomically
 
 

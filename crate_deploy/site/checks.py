@@ -9,8 +9,8 @@ import ipaddress
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from crate_deploy.load import Loc, format_loc
-from crate_deploy.model import SECRET_REFERENCE, Site, Worker
+from crate_deploy.site.load import Loc, format_loc
+from crate_deploy.site.model import SECRET_REFERENCE, Site, Worker
 
 Finding = tuple[Loc, str, str]  # (where, message, "error" | "warning")
 

@@ -16,19 +16,20 @@ from typing import Any
 
 import jinja2
 
-from crate_deploy import __version__, layout
-from crate_deploy.checks import stop_timeout
-from crate_deploy.compat import drop_unknown
+from crate_deploy import __version__
 from crate_deploy.errors import RenderError
-from crate_deploy.model import Site, Worker
-from crate_deploy.settings import (
+from crate_deploy.plan import names
+from crate_deploy.plan.compat import drop_unknown
+from crate_deploy.plan.settings import (
     celery_settings,
     dead_letter_queues,
     flower_basic_auth,
     flower_options,
     pool_settings,
 )
-from crate_deploy.versions import TargetVersions
+from crate_deploy.site.checks import stop_timeout
+from crate_deploy.site.model import Site, Worker
+from crate_deploy.target.versions import TargetVersions
 
 # Characters that never need quoting in an ExecStart= word.
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./@:,=+-")
@@ -56,21 +57,21 @@ def render_site(site: Site, source: str, config_dir: str, versions: TargetVersio
     context = _Context(site, source, config_dir, versions)
     settings, notes = drop_unknown(celery_settings(site), versions)
     files = [
-        context.python(f"{layout.APP_MODULE}.py", "app.py.j2", app=site.app),
-        context.python(f"{layout.CONFIG_MODULE}.py", "celeryconfig.py.j2",
+        context.python(f"{names.APP_MODULE}.py", "app.py.j2", app=site.app),
+        context.python(f"{names.CONFIG_MODULE}.py", "celeryconfig.py.j2",
                        settings=settings, pool_settings=pool_settings(site),
                        dead_letter_queues=dead_letter_queues(site)),
-        context.text(layout.env_file_name(site), "env.j2", "#", environment=_environment(
+        context.text(names.env_file_name(site), "env.j2", "#", environment=_environment(
             site, config_dir)),
         *context.units(),
-        RenderedFile(layout.DEPLOYMENT_FILE,
+        RenderedFile(names.DEPLOYMENT_FILE,
                      _deployment(site, source, config_dir, versions, stamp)),
     ]
     if site.flower.enabled:
         options, flower_notes = drop_unknown(flower_options(site, context.state_dir), versions,
                                              "flower")
         notes.extend(flower_notes)
-        files.append(context.python(layout.FLOWER_CONFIG, "flowerconfig.py.j2", options=options))
+        files.append(context.python(names.FLOWER_CONFIG, "flowerconfig.py.j2", options=options))
     return Rendering(sorted(files, key=lambda f: f.path), notes)
 
 
@@ -81,7 +82,7 @@ class _Context:
                  versions: TargetVersions) -> None:
         self.site = site
         self.config_dir = config_dir
-        self.state_dir = layout.state_dir(site, config_dir)
+        self.state_dir = names.state_dir(site, config_dir)
         self.common = {"site": site, "source": source, "version": __version__,
                        "project": site.project, "systemd": site.systemd,
                        "scope": site.systemd.scope, "versions": versions}
@@ -96,24 +97,24 @@ class _Context:
         site = self.site
         units = [self._worker(worker) for worker in site.workers]
         if site.beat.enabled:
-            units.append(self._service(layout.beat_unit(site), f"{site.project} Celery beat",
+            units.append(self._service(names.beat_unit(site), f"{site.project} Celery beat",
                                        self._celery("beat", f"--schedule={self.state_dir}/"
-                                                    f"{layout.BEAT_SCHEDULE_FILE}",
+                                                    f"{names.BEAT_SCHEDULE_FILE}",
                                                     "--loglevel=INFO"), {}, 60.0))
         if site.flower.enabled:
             env = {"FLOWER_BASIC_AUTH": flower_basic_auth(site)} if site.flower.auth else {}
             units.append(self._service(
-                layout.flower_unit(site), f"{site.project} Flower",
-                self._celery("flower", f"--conf={self.config_dir}/{layout.FLOWER_CONFIG}"),
+                names.flower_unit(site), f"{site.project} Flower",
+                self._celery("flower", f"--conf={self.config_dir}/{names.FLOWER_CONFIG}"),
                 env, 30.0))
-        target = layout.target_unit(site)
-        units.append(self.text(f"{layout.UNIT_DIR}/{target}", "target.j2", "#",
+        target = names.target_unit(site)
+        units.append(self.text(f"{names.UNIT_DIR}/{target}", "target.j2", "#",
                                description=f"{site.project} Celery fleet",
-                               services=layout.service_units(site)))
+                               services=names.service_units(site)))
         return units
 
     def _worker(self, worker: Worker) -> RenderedFile:
-        args = [f"--hostname={layout.node_name(worker)}", f"--queues={','.join(worker.queues)}",
+        args = [f"--hostname={names.node_name(worker)}", f"--queues={','.join(worker.queues)}",
                 f"--pool={worker.pool}", f"--loglevel={worker.log_level.upper()}", "-O", "fair"]
         if worker.disable_prefetch:
             args.append("--disable-prefetch")
@@ -122,21 +123,21 @@ class _Context:
         else:
             args.append(f"--concurrency={worker.concurrency}")
         return self._service(
-            layout.worker_unit(self.site, worker),
+            names.worker_unit(self.site, worker),
             f"{self.site.project} Celery worker pool {worker.name}",
             self._celery("worker", *args, *worker.extra_args),
             {"CRATE_DEPLOY_POOL": worker.name}, stop_timeout(self.site, worker))
 
     def _celery(self, command: str, *args: str) -> list[str]:
-        return [self.site.celery_executable, "-A", layout.APP_MODULE, command, *args]
+        return [self.site.celery_executable, "-A", names.APP_MODULE, command, *args]
 
     def _service(self, name: str, description: str, argv: list[str], env: dict[str, str],
                  timeout: float) -> RenderedFile:
         return self.text(
-            f"{layout.UNIT_DIR}/{name}", "service.j2", "#", name=name.removesuffix(".service"),
+            f"{names.UNIT_DIR}/{name}", "service.j2", "#", name=name.removesuffix(".service"),
             description=description, argv=argv, service_environment=env,
-            stop_timeout=timeout, target=layout.target_unit(self.site),
-            env_file=f"{self.config_dir}/{layout.env_file_name(self.site)}",
+            stop_timeout=timeout, target=names.target_unit(self.site),
+            env_file=f"{self.config_dir}/{names.env_file_name(self.site)}",
             **self._state_paths())
 
     def _state_paths(self) -> dict[str, Any]:
@@ -160,9 +161,9 @@ def _deployment(site: Site, source: str, config_dir: str, versions: TargetVersio
         "generated_by": f"crate-deploy {__version__}",
         "source": source,
         "config_dir": config_dir,
-        "state_dir": layout.state_dir(site, config_dir),
-        "target": layout.target_unit(site),
-        "services": layout.service_units(site),
+        "state_dir": names.state_dir(site, config_dir),
+        "target": names.target_unit(site),
+        "services": names.service_units(site),
         "versions": {"celery": versions.celery, "kombu": versions.kombu,
                      "flower": versions.flower, "source": versions.source, "stamp": stamp},
         "site": site.model_dump(mode="json"),
@@ -187,8 +188,8 @@ def _environment_jinja() -> jinja2.Environment:
 
 def templates_dir() -> Path:
     """templates/ inside the installed package, or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "templates", package.parent / "templates"):
         if candidate.is_dir():
             return candidate
     raise RenderError(f"the templates directory is missing (looked in {here})")

@@ -17,18 +17,18 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from crate_deploy.checks import check_site
-from crate_deploy.compat import version_findings
 from crate_deploy.errors import Problem, SiteError
-from crate_deploy.load import LoadedSite, Loc, load_site
-from crate_deploy.model import (
+from crate_deploy.plan.compat import version_findings
+from crate_deploy.site.checks import check_site
+from crate_deploy.site.load import LoadedSite, Loc, load_site
+from crate_deploy.site.model import (
     CELERY_VERSION_PATTERN,
     FLOWER_VERSION_PATTERN,
     PATH_PATTERN,
     USER_PATTERN,
     Site,
 )
-from crate_deploy.versions import TargetVersions
+from crate_deploy.target.versions import TargetVersions
 
 _PATTERN_HINTS = {
     USER_PATTERN: "must be a system user or group name: lowercase letters, digits, '_' and "

@@ -23,17 +23,17 @@ from pathlib import Path
 
 import click
 
-from crate_deploy import layout
-from crate_deploy.deployment import (
+from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.inspect.readiness import wait_until_ready
+from crate_deploy.plan import names
+from crate_deploy.render import RenderedFile
+from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
     load_deployment,
     masker_for,
     read_secrets,
 )
-from crate_deploy.errors import LaunchError, UsageError
-from crate_deploy.readiness import wait_until_ready
-from crate_deploy.render import RenderedFile
 from crate_deploy.write import FileChange, apply_install, plan_install, read_install_record
 
 INSTALL_MANIFEST = ".crate-deploy-installed.json"
@@ -162,14 +162,14 @@ def install_files(deployment: Deployment,
     their hashes are kept either way, so the next launch knows what changed since.
     """
     directory = deployment.directory
-    files = [_source(directory / layout.UNIT_DIR / name, f"{_installed_units(deployment)}/{name}")
+    files = [_source(directory / names.UNIT_DIR / name, f"{_installed_units(deployment)}/{name}")
              for name in deployment.units]
     config_files = [_source(directory / name, f"{deployment.config_dir}/{name}")
                     for name in deployment.config_files]
     if (prefix / deployment.config_dir.lstrip("/")).resolve() != directory.resolve():
         files.extend(config_files)
     config = {Path(file.path).name: _sha256(file.content) for file in config_files
-              if Path(file.path).name != layout.DEPLOYMENT_FILE}
+              if Path(file.path).name != names.DEPLOYMENT_FILE}
     return files, config
 
 
@@ -198,10 +198,10 @@ def services_to_restart(deployment: Deployment, changes: list[FileChange],
     config |= {name for name in after if f"{deployment.config_dir}/{name}" in changed}
     if config & deployment.shared_files:
         return list(deployment.services)
-    flower = layout.flower_unit(deployment.site)
+    flower = names.flower_unit(deployment.site)
     return [service for service in deployment.services
             if f"{_installed_units(deployment)}/{service}" in changed
-            or (service == flower and layout.FLOWER_CONFIG in config)]
+            or (service == flower and names.FLOWER_CONFIG in config)]
 
 
 def manager_problem(user: bool) -> str | None:

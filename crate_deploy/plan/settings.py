@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from crate_deploy.checks import STOP_MARGIN, stop_timeout
-from crate_deploy.layout import FLOWER_DB_FILE
-from crate_deploy.model import Queue, ScheduleEntry, Site, Worker
+from crate_deploy.plan.names import FLOWER_DB_FILE
+from crate_deploy.site.checks import STOP_MARGIN, stop_timeout
+from crate_deploy.site.model import Queue, ScheduleEntry, Site, Worker
 
 Settings = dict[str, Any]
 

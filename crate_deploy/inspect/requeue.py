@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 
-from crate_deploy import probe
-from crate_deploy.deployment import broker_urls, load_deployment, masker_for, read_secrets
 from crate_deploy.errors import LaunchError, UsageError
-from crate_deploy.model import Site
+from crate_deploy.inspect import probe
+from crate_deploy.site.model import Site
+from crate_deploy.state.deployment import broker_urls, load_deployment, masker_for, read_secrets
 
 # Headers the broker adds when it dead-letters; a requeued task starts afresh.
 _DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crate_deploy.errors import LaunchError
-from crate_deploy.layout import node_name
-from crate_deploy.model import Site
+from crate_deploy.plan.names import node_name
 from crate_deploy.secrets import Masker
+from crate_deploy.site.model import Site
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Quoting and escapes, word splitting, unit specifiers (`%`), `$VAR`/`${VAR}`
 expansion in command lines, Environment= assignments, the EnvironmentFile=
-grammar, time spans and signal names.  crate_deploy.units builds unit files and
+grammar, time spans and signal names.  crate_deploy.systemd.units builds unit files and
 services on top of these rules.  Where systemd merely logs a warning and skips
 a value, we refuse with UnitError: our units are generated, so such a value
 means the file was not made by us.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from crate_deploy import probe
-from crate_deploy.deployment import flower_credentials
-from crate_deploy.model import Site
+from crate_deploy.inspect import probe
 from crate_deploy.secrets import Masker
+from crate_deploy.site.model import Site
+from crate_deploy.state.deployment import flower_credentials
 
 
 def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask: Masker, *,

@@ -11,9 +11,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from crate_deploy.layout import DEPLOYMENT_FILE
-from crate_deploy.model import Site
-from crate_deploy.versions import NEWEST_KNOWN, TargetVersions, VersionProbeError, probe
+from crate_deploy.plan.names import DEPLOYMENT_FILE
+from crate_deploy.site.model import Site
+from crate_deploy.target.versions import NEWEST_KNOWN, TargetVersions, VersionProbeError, probe
 
 
 def choose_versions(site: Site, output_dir: Path) -> tuple[TargetVersions, str | None]:

@@ -3,7 +3,7 @@
 The supervised process (ProcessSpec, built from a unit's ServiceSpec), how an
 exit is classified and whether Restart= restarts after it, the restart backoff,
 systemd's start rate limit and the crash loop it reports, the result of a run,
-and the `HH:MM:SS name | line` printer.  crate_deploy.supervise starts, watches
+and the `HH:MM:SS name | line` printer.  crate_deploy.run.supervise starts, watches
 and stops the processes by these rules.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from crate_deploy.units import RestartPolicy, ServiceSpec, UnitError
+from crate_deploy.systemd.units import RestartPolicy, ServiceSpec, UnitError
 
 SYSTEM_NAME = "system"
 BACKOFF_CAP_SEC = 30.0

@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from crate_deploy.errors import CrateDeployError, UsageError
-from crate_deploy.layout import DEPLOYMENT_FILE
-from crate_deploy.model import PATH_PATTERN, Site
+from crate_deploy.plan.names import DEPLOYMENT_FILE
 from crate_deploy.render import render_site
 from crate_deploy.secrets import Masker
-from crate_deploy.target import choose_versions, version_stamp
-from crate_deploy.validate import ValidatedSite, check_versions, validate_file
-from crate_deploy.versions import TargetVersions
+from crate_deploy.site.model import PATH_PATTERN, Site
+from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
+from crate_deploy.target.probe import choose_versions, version_stamp
+from crate_deploy.target.versions import TargetVersions
 from crate_deploy.write import apply_changes, plan_changes
 
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
@@ -78,7 +78,7 @@ def _plain_config_dir(output_dir: Path) -> str:
 
 def _masker(site: Site) -> Masker:
     """Mask the site's real secret values too, when this user can read them."""
-    from crate_deploy.deployment import read_secrets
+    from crate_deploy.state.deployment import read_secrets
 
     try:
         return Masker(read_secrets(site).values())

@@ -11,7 +11,7 @@ that leave the group with setsid() escape this; systemd's cgroups would not
 let them, a process group is the closest a foreground run gets.
 
 The rules it follows (Restart=, the backoff, the start limit, how exits are
-classified and printed) live in crate_deploy.process_policy.
+classified and printed) live in crate_deploy.run.policy.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any
 
-from crate_deploy.process_policy import (
+from crate_deploy.run.policy import (
     BACKOFF_CAP_SEC,
     CLEAN_SIGNALS,
     STABLE_AFTER_SEC,

@@ -6,7 +6,7 @@ a unit parsed here yields the argv and environment systemd would use.  Where
 systemd merely logs a warning and skips a line, we refuse with UnitError: our
 units are generated, so such a line means the file was not made by us.  The
 lexical rules (quoting, escapes, specifiers, $VARs, environment files, time
-spans, signals) live in crate_deploy.systemd_syntax.
+spans, signals) live in crate_deploy.systemd.syntax.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar, cast, get_args
 
-from crate_deploy.systemd_syntax import (
+from crate_deploy.systemd.syntax import (
     COMMENT_CHARS,
     WHITESPACE,
     UnitError,

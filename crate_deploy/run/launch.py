@@ -19,24 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from crate_deploy import probe
-from crate_deploy.deployment import (
-    Deployment,
-    broker_urls,
-    load_deployment,
-    masker_for,
-    read_secrets,
-    secrets_file_warning,
-)
 from crate_deploy.errors import LaunchError
-from crate_deploy.launch_state import (
-    clear_launch_state,
-    launcher_pid,
-    save_launch_state,
-)
-from crate_deploy.readiness import wait_until_ready
-from crate_deploy.secrets import Masker
-from crate_deploy.supervise import (
+from crate_deploy.inspect import probe
+from crate_deploy.inspect.readiness import wait_until_ready
+from crate_deploy.run.supervise import (
     LinePrinter,
     ProcessSpec,
     Supervisor,
@@ -44,7 +30,21 @@ from crate_deploy.supervise import (
     process_spec_from_service,
     stop_on_signals,
 )
-from crate_deploy.units import UnitError, load_service
+from crate_deploy.secrets import Masker
+from crate_deploy.state.deployment import (
+    Deployment,
+    broker_urls,
+    load_deployment,
+    masker_for,
+    read_secrets,
+    secrets_file_warning,
+)
+from crate_deploy.state.launch import (
+    clear_launch_state,
+    launcher_pid,
+    save_launch_state,
+)
+from crate_deploy.systemd.units import UnitError, load_service
 from crate_deploy.write import ensure_directory
 
 NAME = "crate-deploy"
@@ -219,7 +219,7 @@ def _record(fleet: _Fleet) -> None:
 
 
 def _longest_stop(deployment: Deployment) -> float:
-    from crate_deploy.checks import stop_timeout
+    from crate_deploy.site.checks import stop_timeout
 
     site = deployment.site
     return max([stop_timeout(site, worker) for worker in site.workers] + [60.0])

@@ -11,8 +11,10 @@ from typing import Any
 
 import click
 
-from crate_deploy import probe
-from crate_deploy.deployment import (
+from crate_deploy.errors import LaunchError
+from crate_deploy.inspect import probe
+from crate_deploy.secrets import Masker
+from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
     flower_credentials,
@@ -20,9 +22,7 @@ from crate_deploy.deployment import (
     masker_for,
     read_secrets,
 )
-from crate_deploy.errors import LaunchError
-from crate_deploy.launch_state import read_launch_state
-from crate_deploy.secrets import Masker
+from crate_deploy.state.launch import read_launch_state
 
 
 def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> int:

@@ -1,0 +1,1 @@
+"""Command functions: each returns the exit code; cli.py parses arguments and calls them."""

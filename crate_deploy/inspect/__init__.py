@@ -1,0 +1,1 @@
+"""Asking a fleet and its broker: probes, readiness, status, requeue."""

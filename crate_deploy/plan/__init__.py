@@ -1,0 +1,1 @@
+"""The plan: what a validated site means, format-neutral (names, settings, services)."""

@@ -1,0 +1,1 @@
+"""Running a fleet: in the foreground (launch, supervise) or under systemd (install)."""

@@ -1,0 +1,1 @@
+"""What a render and a launch leave behind for the commands that follow."""

@@ -1,0 +1,1 @@
+"""systemd's own file formats, read the way systemd reads them."""
