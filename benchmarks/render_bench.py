@@ -173,7 +173,7 @@ def machine() -> dict[str, Any]:
 
 
 def build_cases(work: Path, program: str) -> list[Case]:
-    from crate_deploy import render as render_module
+    from crate_deploy.render import jinja as render_jinja
     from crate_deploy.render import render_site
     from crate_deploy.site.validate import validate_file
     from crate_deploy.target.probe import choose_versions
@@ -200,7 +200,7 @@ def build_cases(work: Path, program: str) -> list[Case]:
         empty = work / "never-written"
 
         def run() -> Timing:
-            render_module._environment_jinja.cache_clear()  # compile templates, as a process does
+            render_jinja.environment.cache_clear()  # compile templates, as a process does
             cpu, start = time.process_time(), time.perf_counter()
             validated = validate_file(site)
             config_dir = validated.site.paths.config_dir or str(empty)
@@ -216,7 +216,7 @@ def build_cases(work: Path, program: str) -> list[Case]:
         def run() -> Timing:
             directory = Path(tempfile.mkdtemp(prefix="out-", dir=work))
             try:
-                render_module._environment_jinja.cache_clear()
+                render_jinja.environment.cache_clear()
                 cpu, start = time.process_time(), time.perf_counter()
                 validated = validate_file(site)
                 versions, _ = choose_versions(validated.site, directory)
@@ -366,14 +366,14 @@ def import_profile(program: str, work: Path, top: int = 25) -> str:
 
 def call_profile(work: Path, top: int = 20) -> str:
     """cProfile of the in-process 1000-pool render (validate + render + plan)."""
-    from crate_deploy import render as render_module
+    from crate_deploy.render import jinja as render_jinja
     from crate_deploy.render import render_site
     from crate_deploy.site.validate import validate_file
     from crate_deploy.target.probe import choose_versions
     from crate_deploy.write import plan_changes
 
     big, empty = work / "site1000.yaml", work / "never-written"
-    render_module._environment_jinja.cache_clear()
+    render_jinja.environment.cache_clear()
     profiler = cProfile.Profile()
     profiler.enable()
     validated = validate_file(big)
@@ -400,7 +400,7 @@ print(time.perf_counter() - start)
 
 def phase_profile(work: Path, repeats: int = 7) -> str:
     """Median time of each step of a render, in this process, for both sites."""
-    from crate_deploy import render as render_module
+    from crate_deploy.render import jinja as render_jinja
     from crate_deploy.render import render_site
     from crate_deploy.site.load import load_site
     from crate_deploy.site.validate import validate_file
@@ -422,7 +422,7 @@ def phase_profile(work: Path, repeats: int = 7) -> str:
         steps: dict[str, list[float]] = {}
         for _ in range(repeats):
             directory = Path(tempfile.mkdtemp(prefix="phase-", dir=work))
-            render_module._environment_jinja.cache_clear()
+            render_jinja.environment.cache_clear()
             marks = [time.perf_counter()]
             load_site(site)
             marks.append(time.perf_counter())

@@ -32,5 +32,5 @@ def test_wheel_installs_and_renders(tmp_path: Path) -> None:
                                 "print(pathlib.Path(crate_deploy.__file__).parent)"],
                                capture_output=True, text=True, check=True,
                                cwd=tmp_path).stdout.strip()
-    assert (Path(installed) / "templates" / "service.j2").is_file()
+    assert (Path(installed) / "templates" / "systemd" / "service.j2").is_file()
     assert "site-packages" in installed

@@ -1,7 +1,8 @@
-"""`crate-deploy launch` (foreground) and `stop`: run the rendered units as systemd would.
+"""`crate-deploy launch` (foreground) and `stop`: run the rendered fleet as systemd would.
 
-The unit files are the one source of truth: each service runs with exactly the
-command line, environment, environment files and working directory its unit holds.
+Each service runs from the process plan of the rendered site (deployment.json), the
+same plan the units were rendered from: the command line, environment, environment
+files and working directory its unit holds (tests/test_plan.py keeps them equal).
 launch waits until every pool answers a ping and consumes its queues and Flower
 answers, then supervises until Ctrl-C / SIGTERM / `crate-deploy stop`, which stop
 the fleet warmly (SIGTERM to each main process; running tasks finish).
@@ -22,12 +23,13 @@ from typing import Any
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.readiness import wait_until_ready
+from crate_deploy.plan.services import build_plan
+from crate_deploy.run.specs import process_spec
 from crate_deploy.run.supervise import (
     LinePrinter,
     ProcessSpec,
     Supervisor,
     SupervisorResult,
-    process_spec_from_service,
     stop_on_signals,
 )
 from crate_deploy.secrets import Masker
@@ -44,7 +46,6 @@ from crate_deploy.state.launch import (
     launcher_pid,
     save_launch_state,
 )
-from crate_deploy.systemd.units import UnitError, load_service
 from crate_deploy.write import ensure_directory
 
 NAME = "crate-deploy"
@@ -124,12 +125,8 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
 
 def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     base = {key: os.environ[key] for key in INHERITED if key in os.environ}
-    try:
-        specs = [process_spec_from_service(load_service(deployment.unit_dir / name, base))
-                 for name in deployment.services]
-    except UnitError as exc:
-        raise LaunchError(str(exc)) from None
-    return [_as_unit_user(spec) for spec in specs]
+    plan = build_plan(deployment.site, deployment.config_dir)
+    return [_as_unit_user(process_spec(service, base)) for service in plan.services]
 
 
 def _as_unit_user(spec: ProcessSpec) -> ProcessSpec:

@@ -1,0 +1,54 @@
+"""The one Jinja environment every renderer uses: StrictUndefined, escaping filters only.
+
+Templates live in templates/ at the top of a source checkout (installed into the
+package as crate_deploy/templates), one folder per output format.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from crate_deploy.errors import RenderError
+from crate_deploy.render.escape import (
+    env_value,
+    python_literal,
+    seconds,
+    unit_assignment,
+    unit_command,
+    unit_text,
+)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - we render config files, not HTML
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(py=python_literal, unit_env=unit_assignment, unit_command=unit_command,
+                       unit_text=unit_text, env_value=env_value, seconds=seconds)
+    return env
+
+
+def templates_dir() -> Path:
+    """templates/ inside the installed package, or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "templates", package.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise RenderError(f"the templates directory is missing (looked in {package})")
+
+
+def render_template(template: str, **values: Any) -> str:
+    try:
+        return environment().get_template(template).render(**values)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {template}: {exc}") from None
