@@ -111,22 +111,38 @@ def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
     raise LaunchError("the broker is unreachable: " + "; ".join(failures))
 
 
+def expected_nodes(site: Site, hostname: str) -> dict[str, str]:
+    """Each pool's node name on this host."""
+    return {worker.name: node_name(worker).replace("%h", hostname) for worker in site.workers}
+
+
 def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0) -> list[PoolHealth]:
-    nodes = {worker.name: node_name(worker).replace("%h", hostname) for worker in site.workers}
+    """Which pools answer a ping and what they consume. Each broadcast stops waiting as
+    soon as every node asked has replied (`limit`), so a healthy fleet answers at once
+    and only a silent node costs the whole timeout."""
+    nodes = expected_nodes(site, hostname)
     control = app.control
-    replies = control.ping(destination=list(nodes.values()), timeout=timeout) or []
+    replies = control.ping(destination=list(nodes.values()), timeout=timeout,
+                           limit=len(nodes)) or []
     answering = {node for reply in replies for node in reply}
-    inspect = control.inspect(destination=sorted(answering), timeout=timeout)
-    active = (inspect.active_queues() or {}) if answering else {}
+    active = (_inspect(app, answering, timeout).active_queues() or {}) if answering else {}
     return [PoolHealth(worker.name, nodes[worker.name], nodes[worker.name] in answering,
                        sorted(queue["name"] for queue in active.get(nodes[worker.name], [])),
                        sorted(worker.queues)) for worker in site.workers]
 
 
-def queue_depths(app: Any, site: Site, timeout: float = 1.0) -> list[QueueDepth]:
+def _inspect(app: Any, nodes: set[str], timeout: float) -> Any:
+    return app.control.inspect(destination=sorted(nodes), timeout=timeout, limit=len(nodes))
+
+
+def queue_depths(app: Any, site: Site, timeout: float = 1.0,
+                 nodes: set[str] | None = None) -> list[QueueDepth]:
     """Ready messages and consumers by passive declare (no management plugin needed);
-    unacknowledged = tasks the workers hold (running or reserved) from each queue."""
-    unacked = _held_by_workers(app, timeout)
+    unacknowledged = tasks the workers hold (running or reserved) from each queue, asked
+    of `nodes` (default: the site's pools on this host)."""
+    if nodes is None:
+        nodes = set(expected_nodes(site, hostname()).values())
+    unacked = _held_by_workers(app, nodes, timeout)
     depths = []
     with app.connection_for_write() as connection:
         for name in site.queue_names:
@@ -167,9 +183,11 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def _held_by_workers(app: Any, timeout: float) -> Counter[str]:
-    inspect = app.control.inspect(timeout=timeout)
+def _held_by_workers(app: Any, nodes: set[str], timeout: float) -> Counter[str]:
     held: Counter[str] = Counter()
+    if not nodes:
+        return held
+    inspect = _inspect(app, nodes, timeout)
     for replies in (inspect.active() or {}, inspect.reserved() or {}):
         for tasks in replies.values():
             for task in tasks:
