@@ -17,7 +17,8 @@ Start-up (the cases alternate, --reps rounds each):
 - launch   `crate-deploy launch DIR` until it prints "ready in": two pools answer ping
            and consume their queues, beat runs, Flower answers with auth enforced. Then
            Ctrl-C (SIGINT), not timed.
-- multi    `celery multi start` of the same two worker nodes with the same arguments,
+- multi    `celery multi start` of the same two worker nodes with the same arguments
+           (less --without-mingle/--without-gossip: Celery's default bootsteps),
            environment and working directory as their units (one `multi start` per
            node, since each unit sets its own CRATE_DEPLOY_POOL), until both nodes answer
            ping (polled every 0.1 s). Then `celery multi stopwait`, not timed.
@@ -125,7 +126,9 @@ class MultiNodes:
     def _multi(self, action: str, pool: str) -> None:
         unit = self.units[pool]
         celery, *args = unit.argv  # celery -A APP worker --hostname=... OPTIONS...
-        options = [a for a in args if a != "worker" and not a.startswith("--hostname=")]
+        # Celery's own bootsteps for the peer: the units drop mingle and gossip.
+        options = [a for a in args if a != "worker" and not a.startswith("--hostname=")
+                   and a not in ("--without-mingle", "--without-gossip")]
         command = [celery, "multi", action, pool, *options,
                    f"--pidfile={self.rundir}/%n.pid", f"--logfile={self.rundir}/%n%I.log"]
         subprocess.run(command, env=unit.environment, cwd=unit.working_directory,

@@ -60,3 +60,13 @@ def test_plan_orders_pools_then_beat_then_flower() -> None:
     quick = plan.service("demo-worker-quick")
     assert quick.readiness.node == "quick@%h" and quick.readiness.queues == ("demo-quick",)
     assert "--hostname=quick@%h" in quick.argv
+
+
+def test_workers_skip_mingle_and_gossip_unless_the_pool_asks_for_mingle() -> None:
+    site = validate_file(EXAMPLES / "demo/site.yaml").site
+    quick = build_plan(site, "/srv/rendered").service("demo-worker-quick")
+    assert "--without-gossip" in quick.argv and "--without-mingle" in quick.argv
+    workers = [worker.model_copy(update={"mingle": True}) for worker in site.workers]
+    mingling = build_plan(site.model_copy(update={"workers": workers}), "/srv/rendered")
+    argv = mingling.service("demo-worker-quick").argv
+    assert "--without-gossip" in argv and "--without-mingle" not in argv

@@ -389,7 +389,9 @@ def intended_argv(site: Site, unit: str, config_dir: str) -> list[str]:
             else f"--concurrency={worker.concurrency}")
     return [*celery, "worker", f"--hostname={worker.name}@%h",
             f"--queues={','.join(worker.queues)}", f"--pool={worker.pool}",
-            f"--loglevel={worker.log_level.upper()}", "-O", "fair", size, *worker.extra_args]
+            f"--loglevel={worker.log_level.upper()}", "-O", "fair",
+            *(["--disable-prefetch"] if worker.disable_prefetch else []), "--without-gossip",
+            *([] if worker.mingle else ["--without-mingle"]), size, *worker.extra_args]
 
 
 @PROPERTY

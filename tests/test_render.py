@@ -58,7 +58,7 @@ def test_worker_unit_stops_warmly_and_waits_for_the_hard_limit() -> None:
     assert exec_start == (
         'ExecStart=/srv/crate/venv/bin/celery -A crate_deploy_app worker '
         '"--hostname=consent@%%h" --queues=consent,email --pool=prefork --loglevel=INFO '
-        '-O fair --concurrency=4')
+        '-O fair --without-gossip --without-mingle --concurrency=4')
     assert "multi" not in exec_start and "--detach" not in exec_start
 
 

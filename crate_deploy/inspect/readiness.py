@@ -15,6 +15,11 @@ from crate_deploy.secrets import Masker
 from crate_deploy.site.model import Site
 from crate_deploy.state.deployment import flower_credentials
 
+# A poll answers as soon as every pool has replied; a pool still starting costs the
+# timeout, so it is short: the next poll follows at once.
+POLL_TIMEOUT = 0.5
+POLL_INTERVAL = 0.2
+
 
 def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask: Masker, *,
                      timeout: float, alive: Callable[[], bool],
@@ -27,7 +32,8 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
     try:
         while alive():
             try:
-                health = probe.FleetHealth(pools=probe.pool_health(app, site, probe.hostname()))
+                pools = probe.pool_health(app, site, probe.hostname(), POLL_TIMEOUT)
+                health = probe.FleetHealth(pools=pools)
             except broker_errors as exc:  # the broker went away: wait for it, as workers do
                 app.close()
                 app = probe.control_app(urls, timeout=3.0)
@@ -48,7 +54,7 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
             if report != last_report:
                 say(f"{report} ({elapsed:.0f}s)")
                 last_report = report
-            time.sleep(0.5)
+            time.sleep(POLL_INTERVAL)
     finally:
         app.close()
     return False

@@ -100,6 +100,11 @@ def worker_arguments(worker: Worker) -> list[str]:
             f"--pool={worker.pool}", f"--loglevel={worker.log_level.upper()}", "-O", "fair"]
     if worker.disable_prefetch:
         args.append("--disable-prefetch")
+    # Gossip tracks every other worker's heartbeats (CPU on each worker, used by nothing
+    # the site runs); mingle waits a second at each start (see Worker.mingle).
+    args.append("--without-gossip")
+    if not worker.mingle:
+        args.append("--without-mingle")
     if worker.autoscale:
         args.append(f"--autoscale={worker.autoscale.max},{worker.autoscale.min}")
     else:

@@ -22,7 +22,7 @@ MANAGED_ARGS = {
     "--beat": "beat (use the beat section: one beat per site)", "-D": "systemd (no detaching)",
     "--detach": "systemd (no detaching)", "--pidfile": "systemd", "--logfile": "the journal",
     "-f": "the journal", "-l": "log_level", "--loglevel": "log_level",
-    "--autoscale": "autoscale",
+    "--autoscale": "autoscale", "--without-mingle": "mingle", "--without-gossip": "the plan",
 }
 PREFORK_ONLY = ("max_tasks_per_child", "max_memory_per_child", "soft_time_limit", "autoscale")
 # Seconds systemd waits beyond a pool's hard time limit before it SIGKILLs a stopping worker.

@@ -218,6 +218,10 @@ class Worker(Strict):
     """Seconds systemd lets this pool finish running tasks on stop (default: time_limit + 30, else
     systemd.stop_timeout, else 600).
     """
+    mingle: bool = False
+    """At start, ask the other workers for the tasks revoked so far (Celery's mingle step; it
+    waits a whole second for replies on every start). Off: a task revoked before this pool
+    started is still revoked by the pools that were running."""
     extra_args: list[ExtraArg] = Field(default_factory=list, max_length=50)
     """More `celery worker` options, one per item (not those crate-deploy sets itself)."""
 
