@@ -52,11 +52,14 @@ def validate(site: Path, output_dir: Path) -> int:
               default=DEFAULT_OUTPUT_DIR, show_default=True, help="Directory to render into.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if something would change.")
 @click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report (files, services to restart) as JSON, for CI.")
+def render(site: Path, output_dir: Path, check: bool, show_diff: bool, as_json: bool) -> int:
     """Render systemd units, Celery and Flower config for a site file."""
     from crate_deploy.commands.render import render_command
 
-    return render_command(site, output_dir, check=check, show_diff=show_diff)
+    return render_command(site, output_dir, check=check, show_diff=show_diff,
+                          as_json=as_json)
 
 
 @cli.command()
