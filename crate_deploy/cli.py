@@ -35,15 +35,19 @@ def cli() -> None:
 
 
 @cli.command()
-@SITE
+@click.argument("sites", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
               default=DEFAULT_OUTPUT_DIR, show_default=True,
               help="Where a render keeps the probed versions of the target's Celery.")
-def validate(site: Path, output_dir: Path) -> int:
-    """Check a site file; print every problem as FILE:LINE:COL: KEY: MESSAGE."""
+def validate(sites: tuple[Path, ...], output_dir: Path) -> int:
+    """Check site files (default site.yaml); print every problem as FILE:LINE:COL: KEY: MESSAGE."""
+    if len(sites) > 1:  # a pre-commit hook passes every staged site file at once
+        from crate_deploy.commands.validate_files import validate_files_command
+
+        return validate_files_command(list(sites), output_dir)
     from crate_deploy.commands.render import validate_command
 
-    return validate_command(site, output_dir)
+    return validate_command(sites[0] if sites else Path("site.yaml"), output_dir)
 
 
 @cli.command()
