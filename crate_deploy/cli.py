@@ -130,6 +130,20 @@ def status(directory: Path, as_json: bool) -> int:
 
 
 @cli.command()
+@OUTPUT_DIR
+@click.option("--site", "site_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The site file (default: the one the last render was made from).")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False),
+              help="Check what `launch --systemd --root ROOT` installed there.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def drift(directory: Path, site_path: Path | None, root: Path | None, as_json: bool) -> int:
+    """Say which files differ from what the site renders and launch installed; exit 1 if any."""
+    from crate_deploy.commands.drift import drift_command
+
+    return drift_command(directory, site_path=site_path, root=root, as_json=as_json)
+
+
+@cli.command()
 @click.argument("queues", nargs=-1)
 @click.option("-C", "--directory", type=click.Path(path_type=Path, file_okay=False),
               default=DEFAULT_OUTPUT_DIR, show_default=True, help="The render directory.")

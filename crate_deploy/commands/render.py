@@ -15,7 +15,7 @@ from crate_deploy.commands.review import (
 )
 from crate_deploy.errors import CrateDeployError, UsageError
 from crate_deploy.plan.names import DEPLOYMENT_FILE
-from crate_deploy.render import render_site
+from crate_deploy.render import Rendering, render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
 from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
@@ -36,11 +36,8 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
 
 def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
                    as_json: bool = False) -> int:
-    validated, versions = _validated(site_path, output_dir)
+    validated, versions, rendering = render_in_memory(site_path, output_dir)
     site = validated.site
-    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
-    stamp = version_stamp(site) if versions.source == "probed" else None
-    rendering = render_site(site, str(site_path), config_dir, versions, stamp)
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
     changes = plan_changes(output_dir, rendering.files)
@@ -71,6 +68,18 @@ def _echo_changes(output_dir: Path, changes: list[FileChange],
         click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
         if mask is not None and change.status != "unchanged":
             click.echo(change.diff(mask), nl=False)
+
+
+def render_in_memory(site_path: Path, output_dir: Path, source: str | None = None,
+                     ) -> tuple[ValidatedSite, TargetVersions, Rendering]:
+    """Validate and render the site for output_dir, writing nothing. `source` is the site's
+    name in the files' headers (default: site_path as given)."""
+    validated, versions = _validated(site_path, output_dir)
+    site = validated.site
+    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
+    stamp = version_stamp(site) if versions.source == "probed" else None
+    rendering = render_site(site, source or str(site_path), config_dir, versions, stamp)
+    return validated, versions, rendering
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:
