@@ -130,6 +130,16 @@ def status(directory: Path, as_json: bool) -> int:
 
 
 @cli.command()
+@SITE
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a key would be renamed.")
+def migrate(site: Path, check: bool) -> int:
+    """Rename deprecated keys in a site file, keeping its comments and order."""
+    from crate_deploy.commands.migrate import migrate_command
+
+    return migrate_command(site, check=check)
+
+
+@cli.command()
 @OUTPUT_DIR
 @click.option("--site", "site_path", type=click.Path(path_type=Path, dir_okay=False),
               help="The site file (default: the one the last render was made from).")

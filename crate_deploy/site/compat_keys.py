@@ -68,7 +68,7 @@ def check_compatibility(loaded: LoadedSite) -> list[Problem]:
     _check_requires(loaded)
     warnings, errors = [], []
     for renamed in DEPRECATED_KEYS:
-        for mapping, loc in _mappings_at(loaded.data, renamed.parent, ()):
+        for mapping, loc in mappings_at(loaded.data, renamed.parent, ()):
             if renamed.key not in mapping:
                 continue
             old_loc = (*loc, renamed.key)
@@ -138,7 +138,7 @@ def _lower_bound(spec: Specifier) -> str:
     return f"{spec.version} or later"
 
 
-def _mappings_at(data: Any, path: tuple[str | None, ...],
+def mappings_at(data: Any, path: tuple[str | None, ...],
                  loc: Loc) -> list[tuple[dict[str, Any], Loc]]:
     """Every mapping at `path` in the data (None steps into every list item), with its loc."""
     if not path:
@@ -148,10 +148,10 @@ def _mappings_at(data: Any, path: tuple[str | None, ...],
         if not isinstance(data, list):
             return []
         return [found for index, item in enumerate(data)
-                for found in _mappings_at(item, rest, (*loc, index))]
+                for found in mappings_at(item, rest, (*loc, index))]
     if not isinstance(data, dict) or step not in data:
         return []
-    return _mappings_at(data[step], rest, (*loc, step))
+    return mappings_at(data[step], rest, (*loc, step))
 
 
 def _rename(loaded: LoadedSite, mapping: dict[str, Any], loc: Loc, old: str, new: str) -> None:
