@@ -118,3 +118,14 @@ def test_nothing_to_change(run_cli: Callable[..., Result], site: Path, tmp_path:
     assert report["changed"] == 0
     assert report["services"]["restart"] == []
     assert report["services"]["left_running"] == SERVICES
+
+
+def test_json_without_check_renders_then_reports(
+        run_cli: Callable[..., Result], site: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("render", site, "-o", out, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["written"] is True and report["changed"] == 10
+    assert report["services"]["start"] == SERVICES  # a first render: nothing runs yet
+    assert (out / "systemd/crate-worker-consent.service").is_file()

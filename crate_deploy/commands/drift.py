@@ -77,9 +77,10 @@ def drift_command(directory: Path, *, site_path: Path | None, root: Path | None,
         click.echo(f"no drift: {directory} is what the site file renders, and is what is "
                    "installed")
         return 0
-    if report.services is not None and report.services != _nothing(report.services):
+    services = report.services
+    if services is not None and (services.restart or services.start or services.stop):
         click.echo(f"`crate-deploy launch --systemd` from {directory} would:")
-        for line in service_lines(report.services):
+        for line in service_lines(services):
             click.echo(f"  {line}")
     click.echo(f"{len(report.findings)} file(s) drifted")
     return 1
@@ -181,10 +182,6 @@ def _checked_root(root: Path | None, deployment: Deployment) -> Path:
     if not root.is_dir():
         raise UsageError(f"--root {root}: no such directory")
     return root.resolve()
-
-
-def _nothing(services: ServiceChanges) -> ServiceChanges:
-    return ServiceChanges([], [], [], services.left_running)
 
 
 def _sha256(text: str) -> str:

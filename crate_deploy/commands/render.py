@@ -43,22 +43,21 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     changes = plan_changes(output_dir, rendering.files)
     mask = _masker(site) if show_diff else None
     changed = sum(change.status != "unchanged" for change in changes)
-    if as_json:
-        services = rendered_service_changes(site, changes)
-        click.echo(json_report(output_dir, changes, services, written=not check, mask=mask))
-    else:
+    if not as_json:
         _echo_changes(output_dir, changes, mask)
         if check or show_diff:
             echo_service_changes(rendered_service_changes(site, changes))
-    if check:
-        if not as_json:
-            click.echo(f"check: {changed} file(s) would change; nothing written")
-        return 1 if changed else 0
-    apply_changes(output_dir, changes)
-    if not as_json:
+    if not check:
+        apply_changes(output_dir, changes)
+    if as_json:  # once written, so that "written": true is true
+        services = rendered_service_changes(site, changes)
+        click.echo(json_report(output_dir, changes, services, written=not check, mask=mask))
+    elif check:
+        click.echo(f"check: {changed} file(s) would change; nothing written")
+    else:
         click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in "
                    f"{output_dir} (for Celery {versions.celery}, {versions.source})")
-    return 0
+    return 1 if check and changed else 0
 
 
 def _echo_changes(output_dir: Path, changes: list[FileChange],
