@@ -169,3 +169,25 @@ def test_config_rendered_in_place_but_not_restarted(
         "demo-beat.service demo-flower.service",
         "  left running: (nothing)",
         "1 file(s) drifted"]
+
+
+def test_a_drop_in_is_reported(run_cli: Callable[..., Result],
+                               server: tuple[Path, Path, Path]) -> None:
+    """`systemctl edit UNIT` leaves the unit file alone and writes a drop-in."""
+    _, out, root = server
+    override = root / UNITS / "crate-worker-consent.service.d/override.conf"
+    override.parent.mkdir()
+    override.write_text("[Service]\nEnvironment=EXTRA=1\n")
+    shared = root / "run/systemd/system/crate-.service.d/50-limits.conf"
+    shared.parent.mkdir(parents=True)
+    shared.write_text("[Service]\nMemoryMax=1G\n")
+    result = drift(run_cli, out, root)
+    assert result.code == 1
+    assert result.out.splitlines()[:2] == [
+        f"drift: {override}: a drop-in changes crate-worker-consent.service, and the site file "
+        "does not say so: move the change into the site file, or remove it (`systemctl "
+        "revert crate-worker-consent.service`)",
+        f"drift: {shared}: a drop-in changes crate-worker-consent.service "
+        "crate-worker-maintenance.service crate-beat.service crate-flower.service, and the "
+        "site file does not say so: move the change into the site file, or remove it "
+        "(`systemctl revert crate-worker-consent.service`)"]

@@ -101,7 +101,7 @@ def find_drift(directory: Path, *, site_path: Path | None, root: Path | None) ->
                 f"{f' into {prefix}' if root else ''}: only the render was checked")
         return DriftReport(findings, None, [note])
     installed, services = _install_drift(deployment, prefix, record)
-    return DriftReport(findings + installed, services, [])
+    return DriftReport(findings + installed + _drop_ins(deployment, prefix), services, [])
 
 
 def _render_drift(deployment: Deployment, site_path: Path, source: str) -> list[Finding]:
@@ -156,6 +156,31 @@ def _install_drift(deployment: Deployment, prefix: Path,
                                     "rendered since the services were started; `launch "
                                     "--systemd` restarts them"))
     return findings, services_to_restart(deployment, changes, record.config, config)
+
+
+def _drop_ins(deployment: Deployment, prefix: Path) -> list[Finding]:
+    """Drop-ins (`systemctl edit UNIT`) change a unit without touching its file: the
+    most common hand edit, and as much drift as an edited unit."""
+    user = deployment.site.systemd.scope == "user"
+    places = [unit_dir(user), *([] if user else ["/run/systemd/system"])]
+    changed: dict[Path, list[str]] = {}
+    for unit in deployment.units:
+        for folder in (rooted(prefix, f"{place}/{name}") for place in places
+                       for name in _drop_in_folders(unit)):
+            for conf in sorted(folder.glob("*.conf")) if folder.is_dir() else []:
+                changed.setdefault(conf, []).append(unit)
+    return [Finding(str(conf), "drop-in", f"a drop-in changes {' '.join(units)}, and the "
+                    "site file does not say so: move the change into the site file, or "
+                    f"remove it (`systemctl revert {units[0]}`)")
+            for conf, units in changed.items()]
+
+
+def _drop_in_folders(unit: str) -> list[str]:
+    """systemd.unit(5): UNIT.d, and for a dashed name each prefix (crate-.service.d)."""
+    stem, _, kind = unit.rpartition(".")
+    parts = stem.split("-")
+    prefixes = ["-".join(parts[:count]) + "-" for count in range(1, len(parts))]
+    return [f"{unit}.d", *(f"{prefix}.{kind}.d" for prefix in prefixes)]
 
 
 def _not_installed(prefix: Path, change: FileChange) -> Finding:
