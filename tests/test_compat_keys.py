@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from crate_deploy import __version__
 from crate_deploy.site import compat_keys
-from crate_deploy.site.compat_keys import Renamed
+from crate_deploy.site.compat_keys import Renamed, with_deprecated_keys
+from crate_deploy.site.model import Site
 from crate_deploy.site.reference import markdown_reference
 from crate_deploy.site.validate import validate_file
 from tests.conftest import MINIMAL, Result
@@ -125,3 +129,19 @@ def test_the_reference_lists_deprecated_keys(monkeypatch: pytest.MonkeyPatch) ->
     reference = markdown_reference()
     assert "| `workers[].processes` | `workers[].concurrency` | 0.2 |" in reference
     assert "| `celery_program` | `celery` | 0.2 |" in reference
+
+
+def test_the_schema_accepts_old_spellings_as_deprecated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Editors check site files against the schema: an old spelling is marked deprecated,
+    not refused as unknown."""
+    document = yaml.safe_load(textwrap.dedent(MINIMAL + "        processes: 3\n"))
+    assert document["workers"][0]["processes"] == 3
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, with_deprecated_keys(Site.model_json_schema()))
+    monkeypatch.setattr(compat_keys, "DEPRECATED_KEYS", TEST_RENAMES)
+    schema = with_deprecated_keys(Site.model_json_schema())
+    jsonschema.validate(document, schema)
+    processes = schema["$defs"]["Worker"]["properties"]["processes"]
+    assert processes["deprecated"] is True
+    assert processes["description"] == "Deprecated: renamed to concurrency in crate-deploy 0.2."
+    assert schema["properties"]["celery_program"]["deprecated"] is True

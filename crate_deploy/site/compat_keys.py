@@ -94,6 +94,34 @@ def deprecated_key_rows() -> list[str]:
     return rows
 
 
+def with_deprecated_keys(schema: dict[str, Any]) -> dict[str, Any]:
+    """The site's JSON Schema with each old spelling accepted and marked deprecated, so
+    an editor flags it as such rather than as an unknown key."""
+    for renamed in DEPRECATED_KEYS:
+        properties = _schema_object(schema, schema, renamed.parent).get("properties", {})
+        if renamed.new in properties:
+            message = f"Deprecated: renamed to {renamed.new} in crate-deploy {renamed.since}."
+            properties[renamed.key] = {**properties[renamed.new], "deprecated": True,
+                                       "description": message, "deprecationMessage": message}
+    return schema
+
+
+def _schema_object(schema: dict[str, Any], node: dict[str, Any],
+                   path: tuple[str | None, ...]) -> dict[str, Any]:
+    """The object schema at `path` (None: a list's items), through $refs and nullables."""
+    while "$ref" in node or "anyOf" in node:
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        else:
+            node = next((member for member in node["anyOf"] if member.get("type") != "null"),
+                        {})
+    if not path:
+        return node
+    step = node.get("items", {}) if path[0] is None else node.get("properties", {}).get(
+        path[0], {})
+    return _schema_object(schema, step, path[1:])
+
+
 def _deprecation(renamed: Renamed, loc: Loc) -> str:
     new_path = format_loc((*loc, renamed.new))
     return (f"deprecated: renamed to {renamed.new!r} in crate-deploy {renamed.since}; write "
