@@ -35,15 +35,19 @@ def cli() -> None:
 
 
 @cli.command()
-@SITE
+@click.argument("sites", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
               default=DEFAULT_OUTPUT_DIR, show_default=True,
               help="Where a render keeps the probed versions of the target's Celery.")
-def validate(site: Path, output_dir: Path) -> int:
-    """Check a site file; print every problem as FILE:LINE:COL: KEY: MESSAGE."""
+def validate(sites: tuple[Path, ...], output_dir: Path) -> int:
+    """Check site files (default site.yaml); print every problem as FILE:LINE:COL: KEY: MESSAGE."""
+    if len(sites) > 1:  # a pre-commit hook passes every staged site file at once
+        from crate_deploy.commands.validate_files import validate_files_command
+
+        return validate_files_command(list(sites), output_dir)
     from crate_deploy.commands.render import validate_command
 
-    return validate_command(site, output_dir)
+    return validate_command(sites[0] if sites else Path("site.yaml"), output_dir)
 
 
 @cli.command()
@@ -52,11 +56,14 @@ def validate(site: Path, output_dir: Path) -> int:
               default=DEFAULT_OUTPUT_DIR, show_default=True, help="Directory to render into.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if something would change.")
 @click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report (files, services to restart) as JSON, for CI.")
+def render(site: Path, output_dir: Path, check: bool, show_diff: bool, as_json: bool) -> int:
     """Render systemd units, Celery and Flower config for a site file."""
     from crate_deploy.commands.render import render_command
 
-    return render_command(site, output_dir, check=check, show_diff=show_diff)
+    return render_command(site, output_dir, check=check, show_diff=show_diff,
+                          as_json=as_json)
 
 
 @cli.command()
@@ -72,9 +79,10 @@ def schema(markdown: bool, example: Path | None) -> int:
         data = load_site(example).data if example else None
         click.echo(markdown_reference(data), nl=False)
         return 0
+    from crate_deploy.site.compat_keys import with_deprecated_keys
     from crate_deploy.site.model import Site
 
-    click.echo(json.dumps(Site.model_json_schema(), indent=2))
+    click.echo(json.dumps(with_deprecated_keys(Site.model_json_schema()), indent=2))
     return 0
 
 
@@ -120,6 +128,30 @@ def status(directory: Path, as_json: bool) -> int:
     from crate_deploy.inspect.status import status_command
 
     return status_command(directory, as_json=as_json)
+
+
+@cli.command()
+@SITE
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a key would be renamed.")
+def migrate(site: Path, check: bool) -> int:
+    """Rename deprecated keys in a site file, keeping its comments and order."""
+    from crate_deploy.commands.migrate import migrate_command
+
+    return migrate_command(site, check=check)
+
+
+@cli.command()
+@OUTPUT_DIR
+@click.option("--site", "site_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The site file (default: the one the last render was made from).")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False),
+              help="Check what `launch --systemd --root ROOT` installed there.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def drift(directory: Path, site_path: Path | None, root: Path | None, as_json: bool) -> int:
+    """Say which files differ from what the site renders and launch installed; exit 1 if any."""
+    from crate_deploy.commands.drift import drift_command
+
+    return drift_command(directory, site_path=site_path, root=root, as_json=as_json)
 
 
 @cli.command()

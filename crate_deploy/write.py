@@ -152,6 +152,11 @@ def _manifest(changes: list[FileChange]) -> bytes:
     return (json.dumps({"files": files}, indent=2, sort_keys=True) + "\n").encode()
 
 
+def rendered_digests(output_dir: Path) -> dict[str, str]:
+    """What the last render wrote into output_dir: relative path -> sha256 of its content."""
+    return _read_manifest(output_dir)
+
+
 def _read_manifest(output_dir: Path) -> dict[str, str]:
     text = _read_text(output_dir / MANIFEST_FILE)
     if text is None:

@@ -8,15 +8,20 @@ from pathlib import Path
 
 import click
 
+from crate_deploy.commands.review import (
+    echo_service_changes,
+    json_report,
+    rendered_service_changes,
+)
 from crate_deploy.errors import CrateDeployError, UsageError
 from crate_deploy.plan.names import DEPLOYMENT_FILE
-from crate_deploy.render import render_site
+from crate_deploy.render import Rendering, render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
 from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
-from crate_deploy.write import apply_changes, plan_changes
+from crate_deploy.write import FileChange, apply_changes, plan_changes
 
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
@@ -29,29 +34,51 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
     return 0
 
 
-def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool) -> int:
-    validated, versions = _validated(site_path, output_dir)
+def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
+                   as_json: bool = False) -> int:
+    validated, versions, rendering = render_in_memory(site_path, output_dir)
     site = validated.site
-    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
-    stamp = version_stamp(site) if versions.source == "probed" else None
-    rendering = render_site(site, str(site_path), config_dir, versions, stamp)
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
     changes = plan_changes(output_dir, rendering.files)
     mask = _masker(site) if show_diff else None
+    changed = sum(change.status != "unchanged" for change in changes)
+    if not as_json:
+        _echo_changes(output_dir, changes, mask)
+        if check or show_diff:
+            echo_service_changes(rendered_service_changes(site, changes))
+    if not check:
+        apply_changes(output_dir, changes)
+    if as_json:  # once written, so that "written": true is true
+        services = rendered_service_changes(site, changes)
+        click.echo(json_report(output_dir, changes, services, written=not check, mask=mask))
+    elif check:
+        click.echo(f"check: {changed} file(s) would change; nothing written")
+    else:
+        click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in "
+                   f"{output_dir} (for Celery {versions.celery}, {versions.source})")
+    return 1 if check and changed else 0
+
+
+def _echo_changes(output_dir: Path, changes: list[FileChange],
+                  mask: Masker | None) -> None:
     for change in changes:
         colour = _COLOURS[change.status]
         click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
         if mask is not None and change.status != "unchanged":
             click.echo(change.diff(mask), nl=False)
-    changed = sum(change.status != "unchanged" for change in changes)
-    if check:
-        click.echo(f"check: {changed} file(s) would change; nothing written")
-        return 1 if changed else 0
-    apply_changes(output_dir, changes)
-    click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in {output_dir} "
-               f"(for Celery {versions.celery}, {versions.source})")
-    return 0
+
+
+def render_in_memory(site_path: Path, output_dir: Path, source: str | None = None,
+                     ) -> tuple[ValidatedSite, TargetVersions, Rendering]:
+    """Validate and render the site for output_dir, writing nothing. `source` is the site's
+    name in the files' headers (default: site_path as given)."""
+    validated, versions = _validated(site_path, output_dir)
+    site = validated.site
+    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
+    stamp = version_stamp(site) if versions.source == "probed" else None
+    rendering = render_site(site, source or str(site_path), config_dir, versions, stamp)
+    return validated, versions, rendering
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:

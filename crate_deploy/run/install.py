@@ -26,6 +26,7 @@ import click
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan import names
+from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
 from crate_deploy.render import RenderedFile
 from crate_deploy.state.deployment import (
     Deployment,
@@ -111,7 +112,7 @@ def _install(deployment: Deployment, prefix: Path, systemctl: _Systemctl, *,
     apply_install(prefix, manifest, changes, config)
     if live and any(change.status != "unchanged" for change in changes):
         systemctl.run("daemon-reload")
-    return changes, services_to_restart(deployment, changes, record.config, config)
+    return changes, services_to_restart(deployment, changes, record.config, config).restart
 
 
 def _checked_scope(deployment: Deployment, user: bool) -> Deployment:
@@ -185,23 +186,19 @@ def _source(path: Path, destination: str) -> RenderedFile:
 
 
 def services_to_restart(deployment: Deployment, changes: list[FileChange],
-                        before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """The running services whose own files changed, in start order (Ansible handlers).
+                        before: dict[str, str], after: dict[str, str]) -> ServiceChanges:
+    """What the install does to each service (plan.restarts decides, as for render --check).
 
-    A new unit is not running yet (starting the target starts it); a changed unit
-    restarts its service; changed shared config restarts every service, and a changed
-    flowerconfig.py restarts Flower. Config counts as changed when its copy changed or
-    its content differs from what the previous launch started the services with.
+    Config counts as changed when its copy changed or its content differs from what
+    the previous launch started the services with.
     """
     changed = {change.path for change in changes if change.status == "changed"}
     config = {name for name, digest in after.items() if before.get(name, digest) != digest}
     config |= {name for name in after if f"{deployment.config_dir}/{name}" in changed}
-    if config & deployment.shared_files:
-        return list(deployment.services)
-    flower = names.flower_unit(deployment.site)
-    return [service for service in deployment.services
-            if f"{_installed_units(deployment)}/{service}" in changed
-            or (service == flower and names.FLOWER_CONFIG in config)]
+    unit_prefix = f"{_installed_units(deployment)}/"
+    units = {change.path.removeprefix(unit_prefix): change.status for change in changes
+             if change.path.startswith(unit_prefix)}
+    return plan_restarts(deployment.site, units, config)
 
 
 def manager_problem(user: bool) -> str | None:

@@ -380,6 +380,13 @@ class Site(Strict):
     """The Flower web UI."""
     systemd: Systemd = Field(default_factory=Systemd)
     """How the units behave."""
+    # Checked by site/compat_keys.py before anything else, wherever it stands in the file.
+    requires: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z<>=!~.,* ]+$",
+                                               max_length=200)] | None = Field(
+        default=None, exclude=True)
+    """The crate-deploy versions this site needs, as a quoted PEP 440 specifier (">=0.3"):
+    an older crate-deploy says so instead of refusing the keys it does not know.
+    """
 
     @property
     def celery_executable(self) -> str:

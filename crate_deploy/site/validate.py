@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.plan.compat import version_findings
 from crate_deploy.site.checks import check_site
+from crate_deploy.site.compat_keys import check_compatibility
 from crate_deploy.site.load import LoadedSite, Loc, load_site
 from crate_deploy.site.model import (
     CELERY_VERSION_PATTERN,
@@ -64,9 +65,9 @@ def check_versions(validated: ValidatedSite, versions: TargetVersions) -> None:
 def validate_file(path: Path) -> ValidatedSite:
     """Load and fully validate a site file; raises SiteError listing every problem."""
     loaded = load_site(path)
+    warnings = check_compatibility(loaded)  # `requires`, then renamed keys
     site = _build_model(loaded)
     errors: list[Problem] = []
-    warnings: list[Problem] = []
     for loc, message, severity in check_site(site):
         (errors if severity == "error" else warnings).append(
             loaded.problem(loc, message, severity))

@@ -25,6 +25,7 @@ from crate_deploy.plan.names import (
     UNIT_DIR,
     env_file_name,
 )
+from crate_deploy.plan.restarts import shared_config_files
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import SECRET_REFERENCE, Site
 from crate_deploy.systemd.units import UnitError, parse_environment_file
@@ -60,7 +61,7 @@ class Deployment:
     @property
     def shared_files(self) -> set[str]:
         """Config every service reads: a change to one restarts them all."""
-        return {f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site)}
+        return shared_config_files(self.site)
 
     @property
     def launch_state(self) -> Path:

@@ -1,0 +1,65 @@
+"""What a render means for the running fleet, for a reviewer or a CI job.
+
+`render --check` (or `--diff`, `--json`) names the services `launch --systemd` would
+restart, start, stop and leave running once the change is installed: the same
+decision (plan.restarts) launch makes, applied to the changes in the render directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from crate_deploy.plan.names import UNIT_DIR
+from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
+from crate_deploy.site.model import Site
+from crate_deploy.write import FileChange
+
+
+def rendered_service_changes(site: Site, changes: list[FileChange]) -> ServiceChanges:
+    """The services a change of the render directory restarts once launched."""
+    unit_prefix = f"{UNIT_DIR}/"
+    units = {change.path.removeprefix(unit_prefix): change.status for change in changes
+             if change.path.startswith(unit_prefix)}
+    config = {change.path for change in changes
+              if "/" not in change.path and change.status != "unchanged"}
+    return plan_restarts(site, units, config)
+
+
+def service_lines(services: ServiceChanges) -> list[str]:
+    """The report in launch --systemd's own words ("would restart: ..."), one line each."""
+    lines = [f"would restart: {' '.join(services.restart) or '(nothing)'}"]
+    if services.start:
+        lines.append(f"would start: {' '.join(services.start)}")
+    if services.stop:
+        lines.append(f"would stop and disable: {' '.join(services.stop)}")
+    lines.append(f"left running: {' '.join(services.left_running) or '(nothing)'}")
+    return lines
+
+
+def json_report(output_dir: Path, changes: list[FileChange], services: ServiceChanges, *,
+                written: bool, mask: Callable[[str], str] | None) -> str:
+    """The whole render report as one JSON document (secrets masked in any diff)."""
+    files = []
+    for change in changes:
+        entry = {"path": str(output_dir / change.path), "status": change.status}
+        if mask is not None and change.status != "unchanged":
+            entry["diff"] = change.diff(mask)
+        files.append(entry)
+    document = {
+        "directory": str(output_dir),
+        "written": written,
+        "changed": sum(change.status != "unchanged" for change in changes),
+        "files": files,
+        "services": services.as_dict(),
+    }
+    return json.dumps(document, indent=2)
+
+
+def echo_service_changes(services: ServiceChanges) -> None:
+    click.echo("once installed with `crate-deploy launch --systemd`:")
+    for line in service_lines(services):
+        click.echo(f"  {line}")

@@ -1,0 +1,25 @@
+"""`validate A.yaml B.yaml ...`: every file checked, every problem of every file reported.
+
+A pre-commit hook passes all the staged site files in one call; one invalid file
+must not hide the problems of the next, so each file's SiteError is collected and
+raised as one (the CLI's handler prints them and exits 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crate_deploy.commands.render import validate_command
+from crate_deploy.errors import Problem, SiteError
+
+
+def validate_files_command(sites: list[Path], output_dir: Path) -> int:
+    problems: list[Problem] = []
+    for site in sites:
+        try:
+            validate_command(site, output_dir)
+        except SiteError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SiteError(problems)
+    return 0
