@@ -52,11 +52,16 @@ def validate(site: Path, output_dir: Path) -> int:
               default=DEFAULT_OUTPUT_DIR, show_default=True, help="Directory to render into.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if something would change.")
 @click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
+@click.option("--host", help="A site with hosts: render this host's share.")
+@click.option("--all-hosts", is_flag=True, help="A site with hosts: render every host's share "
+              "into DIRECTORY/hosts/NAME/.")
+def render(site: Path, output_dir: Path, check: bool, show_diff: bool, host: str | None,
+           all_hosts: bool) -> int:
     """Render systemd units, Celery and Flower config for a site file."""
     from crate_deploy.commands.render import render_command
 
-    return render_command(site, output_dir, check=check, show_diff=show_diff)
+    return render_command(site, output_dir, check=check, show_diff=show_diff, host=host,
+                          all_hosts=all_hosts)
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from crate_deploy.commands.hosts import render_shares, stale_hosts
 from crate_deploy.errors import CrateDeployError, UsageError
 from crate_deploy.plan.names import DEPLOYMENT_FILE
 from crate_deploy.render import render_site
@@ -16,7 +17,7 @@ from crate_deploy.site.model import PATH_PATTERN, Site
 from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
-from crate_deploy.write import apply_changes, plan_changes
+from crate_deploy.write import FileChange, apply_changes, plan_changes
 
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
@@ -29,29 +30,43 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
     return 0
 
 
-def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool) -> int:
+def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
+                   host: str | None = None, all_hosts: bool = False) -> int:
     validated, versions = _validated(site_path, output_dir)
     site = validated.site
-    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
+    shares = render_shares(site, output_dir, host, all_hosts)
     stamp = version_stamp(site) if versions.source == "probed" else None
-    rendering = render_site(site, str(site_path), config_dir, versions, stamp)
-    for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
+    notes = stale_hosts(site, output_dir) if all_hosts else []
+    planned: list[tuple[Path, list[FileChange]]] = []
+    for share, directory in shares:
+        config_dir = site.paths.config_dir or _plain_config_dir(directory)
+        rendering = render_site(site, str(site_path), config_dir, versions, stamp, share)
+        notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
+                  if note not in notes]
+        planned.append((directory, plan_changes(directory, rendering.files)))
+    for note in notes:
         click.echo(f"note: {note}", err=True)
-    changes = plan_changes(output_dir, rendering.files)
-    mask = _masker(site) if show_diff else None
-    for change in changes:
-        colour = _COLOURS[change.status]
-        click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
-        if mask is not None and change.status != "unchanged":
-            click.echo(change.diff(mask), nl=False)
-    changed = sum(change.status != "unchanged" for change in changes)
+    _report(planned, _masker(site) if show_diff else None)
+    total = sum(len(changes) for _, changes in planned)
+    changed = sum(change.status != "unchanged" for _, changes in planned for change in changes)
     if check:
         click.echo(f"check: {changed} file(s) would change; nothing written")
         return 1 if changed else 0
-    apply_changes(output_dir, changes)
-    click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in {output_dir} "
+    for directory, changes in planned:
+        apply_changes(directory, changes)
+    click.echo(f"{changed} file(s) changed, {total - changed} unchanged in {output_dir} "
                f"(for Celery {versions.celery}, {versions.source})")
     return 0
+
+
+def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None) -> None:
+    """Each file's status (and its diff, secrets masked, with --diff)."""
+    for directory, changes in planned:
+        for change in changes:
+            status = click.style(f"{change.status:>9}", fg=_COLOURS[change.status])
+            click.echo(f"{status}  {directory / change.path}")
+            if mask is not None and change.status != "unchanged":
+                click.echo(change.diff(mask), nl=False)
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:
