@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crate_deploy.errors import LaunchError
-from crate_deploy.plan.names import node_name
+from crate_deploy.plan.placement import fleet_nodes
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import Site
 
@@ -29,6 +29,7 @@ class PoolHealth:
     answering: bool
     queues: list[str]
     expected: list[str]
+    host: str | None = None  # the site's host it runs on (None: a site without hosts:)
 
     @property
     def up(self) -> bool:
@@ -59,8 +60,8 @@ class FleetHealth:
 
     def missing(self) -> list[str]:
         """What is not up yet, in words."""
-        missing = [f"pool {pool.name} ({pool.node}: "
-                   f"{_pool_problem(pool)})" for pool in self.pools if not pool.up]
+        missing = [f"pool {pool.name}{f' on host {pool.host}' if pool.host else ''} "
+                   f"({pool.node}: {_pool_problem(pool)})" for pool in self.pools if not pool.up]
         if self.flower and not self.flower.up:
             missing.append(f"Flower ({self.flower.url}: {self.flower.detail})")
         return missing
@@ -111,16 +112,18 @@ def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
     raise LaunchError("the broker is unreachable: " + "; ".join(failures))
 
 
-def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0) -> list[PoolHealth]:
-    nodes = {worker.name: node_name(worker).replace("%h", hostname) for worker in site.workers}
+def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0,
+                share: str | None = None) -> list[PoolHealth]:
+    """Every expected node (see placement.fleet_nodes): answering, and on which queues."""
+    nodes = fleet_nodes(site, hostname, share)
     control = app.control
-    replies = control.ping(destination=list(nodes.values()), timeout=timeout) or []
+    replies = control.ping(destination=[node.name for node in nodes], timeout=timeout) or []
     answering = {node for reply in replies for node in reply}
     inspect = control.inspect(destination=sorted(answering), timeout=timeout)
     active = (inspect.active_queues() or {}) if answering else {}
-    return [PoolHealth(worker.name, nodes[worker.name], nodes[worker.name] in answering,
-                       sorted(queue["name"] for queue in active.get(nodes[worker.name], [])),
-                       sorted(worker.queues)) for worker in site.workers]
+    return [PoolHealth(node.pool, node.name, node.name in answering,
+                       sorted(queue["name"] for queue in active.get(node.name, [])),
+                       sorted(node.queues), node.host) for node in nodes]
 
 
 def queue_depths(app: Any, site: Site, timeout: float = 1.0) -> list[QueueDepth]:
