@@ -136,6 +136,8 @@ def test_two_hosts_share_one_site(two_hosts: tuple[DemoSite, str, str], tmp_path
             f"quick@{one}": True, f"quick@{two}": True, f"slow@{two}": True}
         assert [(host["name"], host["up"]) for host in report["hosts"]] == [(one, True),
                                                                             (two, True)]
+        assert "beat up, Flower up" in next(line for line in text.splitlines()
+                                            if line.startswith("host") and one in line)
 
         with routed_client(site) as app:
             slow = [app.send_task("demoapp.slow", kwargs={"seconds": 0.2, "value": n})
