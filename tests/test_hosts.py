@@ -233,6 +233,9 @@ def test_render_all_hosts_and_one_host(run_cli: Callable[..., Result], tmp_path:
             assert (one / relative).read_text() == path.read_text()
     again = run_cli("render", MULTI, "-o", out, "--all-hosts", "--check")
     assert again.code == 0 and "0 file(s) would change" in again.out
+    whole = run_cli("status", out)
+    assert whole.code == 2
+    assert f"{out} holds every host's share (render --all-hosts): give one" in whole.err
 
 
 def test_render_refuses_what_placement_does_not_allow(run_cli: Callable[..., Result],

@@ -81,6 +81,9 @@ def load_deployment(directory: Path) -> Deployment:
                           document["target"], [str(name) for name in document["services"]],
                           None if host is None else str(host))
     except FileNotFoundError:
+        if (directory / "hosts").is_dir():  # render --all-hosts: one share per host below
+            raise UsageError(f"{directory} holds every host's share (render --all-hosts): "
+                             f"give one, {directory}/hosts/HOST") from None
         raise UsageError(f"no rendered site in {directory}: run `crate-deploy render SITE "
                          f"-o {directory}` first") from None
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
