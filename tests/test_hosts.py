@@ -142,7 +142,8 @@ def test_default_queue_must_be_consumed_on_a_host(write_site: Callable[..., Path
 
 
 @pytest.mark.parametrize("name", ["-web1", "web1-", "web..1", "web_1", "x" * 64, "a b",
-                                  "web1.", ".web1", "w%h"])
+                                  "web1.", ".web1", "w%h", "..", "../etc", "a/b", "web1\nx",
+                                  "${HOST}", "web1;reboot", "a" * 254, ""])
 def test_host_names_are_host_names(write_site: Callable[..., Path], name: str) -> None:
     path = write_site(TWO_POOLS + f"""\
     hosts:

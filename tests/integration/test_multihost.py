@@ -100,10 +100,10 @@ def routed_client(site: DemoSite) -> Iterator[Any]:
 
 
 @pytest.fixture
-def two_hosts(tmp_path: Path, vhost: str, latest_venv: Path) -> tuple[DemoSite, str, str]:
+def two_hosts(tmp_path: Path, vhost: str, app_venv: Path) -> tuple[DemoSite, str, str]:
     suffix = uuid.uuid4().hex[:6]
     one, two = f"cd-h1-{suffix}", f"cd-h2-{suffix}"
-    site = make_demo_site(tmp_path, vhost, latest_venv)
+    site = make_demo_site(tmp_path, vhost, app_venv)
     site.site["hosts"] = [{"name": one, "pools": ["quick"], "beat": True, "flower": True},
                           {"name": two, "pools": ["quick", "slow"]}]
     site.site_file.write_text(yaml.safe_dump(site.site, sort_keys=False), encoding="utf-8")
