@@ -58,12 +58,16 @@ def validate(sites: tuple[Path, ...], output_dir: Path) -> int:
 @click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report (files, services to restart) as JSON, for CI.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool, as_json: bool) -> int:
+@click.option("--host", help="A site with hosts: render this host's share.")
+@click.option("--all-hosts", is_flag=True, help="A site with hosts: render every host's share "
+              "into DIRECTORY/hosts/NAME/.")
+def render(site: Path, output_dir: Path, check: bool, show_diff: bool, as_json: bool,
+           host: str | None, all_hosts: bool) -> int:
     """Render systemd units, Celery and Flower config for a site file."""
     from crate_deploy.commands.render import render_command
 
     return render_command(site, output_dir, check=check, show_diff=show_diff,
-                          as_json=as_json)
+                          as_json=as_json, host=host, all_hosts=all_hosts)
 
 
 @cli.command()

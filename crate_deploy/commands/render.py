@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from crate_deploy.commands.hosts import render_shares, stale_hosts
 from crate_deploy.commands.review import (
     echo_service_changes,
     json_report,
@@ -35,50 +36,79 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
 
 
 def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
-                   as_json: bool = False) -> int:
-    validated, versions, rendering = render_in_memory(site_path, output_dir)
+                   as_json: bool = False, host: str | None = None,
+                   all_hosts: bool = False) -> int:
+    validated, versions = _validated(site_path, output_dir)
     site = validated.site
-    for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
+    notes = stale_hosts(site, output_dir) if all_hosts else []
+    planned: list[tuple[Path, list[FileChange]]] = []
+    for share, directory in render_shares(site, output_dir, host, all_hosts):
+        rendering = _render(validated, versions, site_path, directory, share=share)
+        notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
+                  if note not in notes]
+        planned.append((directory, plan_changes(directory, rendering.files)))
+    for note in notes:
         click.echo(f"note: {note}", err=True)
-    changes = plan_changes(output_dir, rendering.files)
     mask = _masker(site) if show_diff else None
-    changed = sum(change.status != "unchanged" for change in changes)
+    total = sum(len(changes) for _, changes in planned)
+    changed = sum(change.status != "unchanged" for _, changes in planned for change in changes)
     if not as_json:
-        _echo_changes(output_dir, changes, mask)
-        if check or show_diff:
-            echo_service_changes(rendered_service_changes(site, changes))
+        _report(planned, mask, services=check or show_diff, site=site)
     if not check:
-        apply_changes(output_dir, changes)
+        for directory, changes in planned:
+            apply_changes(directory, changes)
     if as_json:  # once written, so that "written": true is true
-        services = rendered_service_changes(site, changes)
-        click.echo(json_report(output_dir, changes, services, written=not check, mask=mask))
+        click.echo(_json_reports(site, planned, written=not check, mask=mask))
     elif check:
         click.echo(f"check: {changed} file(s) would change; nothing written")
     else:
-        click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in "
-                   f"{output_dir} (for Celery {versions.celery}, {versions.source})")
+        click.echo(f"{changed} file(s) changed, {total - changed} unchanged in {output_dir} "
+                   f"(for Celery {versions.celery}, {versions.source})")
     return 1 if check and changed else 0
 
 
-def _echo_changes(output_dir: Path, changes: list[FileChange],
-                  mask: Masker | None) -> None:
-    for change in changes:
-        colour = _COLOURS[change.status]
-        click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
-        if mask is not None and change.status != "unchanged":
-            click.echo(change.diff(mask), nl=False)
+def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None, *,
+            services: bool, site: Site) -> None:
+    """Each file's status (and its diff, secrets masked, with --diff); with --check or
+    --diff, what launch --systemd would then restart in each directory."""
+    for directory, changes in planned:
+        for change in changes:
+            status = click.style(f"{change.status:>9}", fg=_COLOURS[change.status])
+            click.echo(f"{status}  {directory / change.path}")
+            if mask is not None and change.status != "unchanged":
+                click.echo(change.diff(mask), nl=False)
+        if services:
+            echo_service_changes(rendered_service_changes(site, changes))
+
+
+def _json_reports(site: Site, planned: list[tuple[Path, list[FileChange]]], *, written: bool,
+                  mask: Masker | None) -> str:
+    """One JSON report; with --all-hosts, one per host's directory under "hosts"."""
+    reports = [json_report(directory, changes, rendered_service_changes(site, changes),
+                           written=written, mask=mask) for directory, changes in planned]
+    if len(reports) == 1:
+        return reports[0]
+    by_host = {directory.name: json.loads(report)
+               for (directory, _), report in zip(planned, reports, strict=True)}
+    return json.dumps({"written": written, "hosts": by_host}, indent=2)
 
 
 def render_in_memory(site_path: Path, output_dir: Path, source: str | None = None,
+                     share: str | None = None,
                      ) -> tuple[ValidatedSite, TargetVersions, Rendering]:
-    """Validate and render the site for output_dir, writing nothing. `source` is the site's
-    name in the files' headers (default: site_path as given)."""
+    """Validate and render the site (or one host's share) for output_dir, writing
+    nothing. `source` is the site's name in the files' headers (default: site_path)."""
     validated, versions = _validated(site_path, output_dir)
-    site = validated.site
-    config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
-    stamp = version_stamp(site) if versions.source == "probed" else None
-    rendering = render_site(site, source or str(site_path), config_dir, versions, stamp)
+    rendering = _render(validated, versions, site_path, output_dir, source, share)
     return validated, versions, rendering
+
+
+def _render(validated: ValidatedSite, versions: TargetVersions, site_path: Path,
+            directory: Path, source: str | None = None, share: str | None = None) -> Rendering:
+    site = validated.site
+    config_dir = site.paths.config_dir or _plain_config_dir(directory)
+    stamp = version_stamp(site) if versions.source == "probed" else None
+    return render_site(site, source or str(site_path), config_dir, versions, stamp, share)
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:

@@ -26,7 +26,10 @@ def rendered_service_changes(site: Site, changes: list[FileChange]) -> ServiceCh
              if change.path.startswith(unit_prefix)}
     config = {change.path for change in changes
               if "/" not in change.path and change.status != "unchanged"}
-    return plan_restarts(site, units, config)
+    services = plan_restarts(site, units, config)
+    # One host's share renders only its own units: the other hosts' are not ours to report.
+    return ServiceChanges(*([name for name in group if name in units] for group in (
+        services.restart, services.start, services.stop, services.left_running)))
 
 
 def service_lines(services: ServiceChanges) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crate_deploy.errors import LaunchError
-from crate_deploy.plan.names import node_name
+from crate_deploy.plan.placement import fleet_nodes
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import Site
 
@@ -29,6 +29,7 @@ class PoolHealth:
     answering: bool
     queues: list[str]
     expected: list[str]
+    host: str | None = None  # the site's host it runs on (None: a site without hosts:)
 
     @property
     def up(self) -> bool:
@@ -59,8 +60,8 @@ class FleetHealth:
 
     def missing(self) -> list[str]:
         """What is not up yet, in words."""
-        missing = [f"pool {pool.name} ({pool.node}: "
-                   f"{_pool_problem(pool)})" for pool in self.pools if not pool.up]
+        missing = [f"pool {pool.name}{f' on host {pool.host}' if pool.host else ''} "
+                   f"({pool.node}: {_pool_problem(pool)})" for pool in self.pools if not pool.up]
         if self.flower and not self.flower.up:
             missing.append(f"Flower ({self.flower.url}: {self.flower.detail})")
         return missing
@@ -111,24 +112,19 @@ def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
     raise LaunchError("the broker is unreachable: " + "; ".join(failures))
 
 
-def expected_nodes(site: Site, hostname: str) -> dict[str, str]:
-    """Each pool's node name on this host."""
-    return {worker.name: node_name(worker).replace("%h", hostname) for worker in site.workers}
-
-
-def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0) -> list[PoolHealth]:
-    """Which pools answer a ping and what they consume. Each broadcast stops waiting as
-    soon as every node asked has replied (`limit`), so a healthy fleet answers at once
-    and only a silent node costs the whole timeout."""
-    nodes = expected_nodes(site, hostname)
-    control = app.control
-    replies = control.ping(destination=list(nodes.values()), timeout=timeout,
-                           limit=len(nodes)) or []
+def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0,
+                share: str | None = None) -> list[PoolHealth]:
+    """Every expected node (see placement.fleet_nodes): answering, and on which queues.
+    Each broadcast stops waiting as soon as every node asked has replied (`limit`), so a
+    healthy fleet answers at once and only a silent node costs the whole timeout."""
+    nodes = fleet_nodes(site, hostname, share)
+    replies = app.control.ping(destination=[node.name for node in nodes], timeout=timeout,
+                               limit=len(nodes)) or []
     answering = {node for reply in replies for node in reply}
     active = (_inspect(app, answering, timeout).active_queues() or {}) if answering else {}
-    return [PoolHealth(worker.name, nodes[worker.name], nodes[worker.name] in answering,
-                       sorted(queue["name"] for queue in active.get(nodes[worker.name], [])),
-                       sorted(worker.queues)) for worker in site.workers]
+    return [PoolHealth(node.pool, node.name, node.name in answering,
+                       sorted(queue["name"] for queue in active.get(node.name, [])),
+                       sorted(node.queues), node.host) for node in nodes]
 
 
 def _inspect(app: Any, nodes: set[str], timeout: float) -> Any:
@@ -139,9 +135,9 @@ def queue_depths(app: Any, site: Site, timeout: float = 1.0,
                  nodes: set[str] | None = None) -> list[QueueDepth]:
     """Ready messages and consumers by passive declare (no management plugin needed);
     unacknowledged = tasks the workers hold (running or reserved) from each queue, asked
-    of `nodes` (default: the site's pools on this host)."""
+    of `nodes` (default: every node of the site, see placement.fleet_nodes)."""
     if nodes is None:
-        nodes = set(expected_nodes(site, hostname()).values())
+        nodes = {node.name for node in fleet_nodes(site, hostname())}
     unacked = _held_by_workers(app, nodes, timeout)
     depths = []
     with app.connection_for_write() as connection:

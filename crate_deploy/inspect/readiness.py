@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from crate_deploy.inspect import probe
+from crate_deploy.plan.placement import runs_beat, runs_flower
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import Site
 from crate_deploy.state.deployment import flower_credentials
@@ -23,8 +24,10 @@ POLL_INTERVAL = 0.2
 
 def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask: Masker, *,
                      timeout: float, alive: Callable[[], bool],
-                     say: Callable[[str], None]) -> bool:
-    """True once everything answers; False after `timeout` (said why) or when not alive."""
+                     say: Callable[[str], None], share: str | None = None) -> bool:
+    """True once everything answers; False after `timeout` (said why) or when not alive.
+
+    share: for a site with hosts:, the host whose pools (and Flower) to wait for."""
     app = probe.control_app(urls, timeout=3.0)
     credentials = flower_credentials(site, secrets)
     started, last_report = time.monotonic(), ""
@@ -32,7 +35,7 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
     try:
         while alive():
             try:
-                pools = probe.pool_health(app, site, probe.hostname(), POLL_TIMEOUT)
+                pools = probe.pool_health(app, site, probe.hostname(), POLL_TIMEOUT, share=share)
                 health = probe.FleetHealth(pools=pools)
             except broker_errors as exc:  # the broker went away: wait for it, as workers do
                 app.close()
@@ -40,12 +43,12 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
                 health = probe.FleetHealth()
                 missing = [f"the broker ({mask(str(exc)) or type(exc).__name__})"]
             else:
-                if site.flower.enabled:
+                if runs_flower(site, share):
                     health.flower = probe.flower_health(site, credentials)
                 missing = health.missing()
             elapsed = time.monotonic() - started
             if not missing:
-                say(f"ready in {elapsed:.1f}s: {summary(site, health)}")
+                say(f"ready in {elapsed:.1f}s: {summary(site, health, share)}")
                 return True
             if elapsed > timeout:
                 say(f"error: not ready after {timeout:g}s: {'; '.join(missing)}")
@@ -60,9 +63,9 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
     return False
 
 
-def summary(site: Site, health: probe.FleetHealth) -> str:
+def summary(site: Site, health: probe.FleetHealth, share: str | None = None) -> str:
     parts = [f"{pool.node} on {', '.join(pool.queues)}" for pool in health.pools]
-    if site.beat.enabled:
+    if runs_beat(site, share):
         parts.append("beat")
     if health.flower:
         parts.append(f"Flower at {health.flower.url} ({health.flower.detail})")

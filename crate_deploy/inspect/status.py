@@ -13,6 +13,8 @@ import click
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
+from crate_deploy.inspect.hosts import flower_status, host_lines, host_summary
+from crate_deploy.plan.placement import runs_beat
 from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
     Deployment,
@@ -43,8 +45,7 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
         health = probe.FleetHealth(
             pools=probe.pool_health(app, site, probe.hostname(), timeout),
             queues=probe.queue_depths(app, site, timeout),
-            flower=probe.flower_health(site, flower_credentials(site, secrets))
-            if site.flower.enabled else None)
+            flower=flower_status(site, deployment.host, flower_credentials(site, secrets)))
     except probe.broker_errors(app) as exc:  # lost the broker after check_broker
         error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
         report["broker"] = {"reachable": False, "error": error}
@@ -57,9 +58,13 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     processes = _processes(deployment)
     report["processes"] = processes
     beat_up = _beat_up(deployment, processes)
-    if site.beat.enabled:
+    beat_here = runs_beat(site, deployment.host)  # beat answers no ping: seen on its host only
+    if beat_here:
         report["beat"] = {"up": beat_up}
-    up = not health.missing() and (beat_up or not site.beat.enabled)
+    up = not health.missing() and (beat_up or not beat_here)
+    if site.hosts:
+        report["hosts"] = host_summary(site, health.pools, deployment.host, health.flower,
+                                       beat_up)
     return _finish(report, as_json, mask, up=up)
 
 
@@ -120,4 +125,5 @@ def _text(report: dict[str, Any]) -> str:
                      f"{flower['detail']}")
     for name, state in report["processes"].items():
         lines.append(f"process  {name:<36} {state}")
+    lines.extend(host_lines(report.get("hosts", [])))
     return "\n".join(lines)

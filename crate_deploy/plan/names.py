@@ -53,9 +53,10 @@ def service_units(site: Site) -> list[str]:
     return units
 
 
-def node_name(worker: Worker) -> str:
-    """The worker's Celery node name; Celery expands %h to the host name."""
-    return f"{worker.name}@%h"
+def node_name(worker: Worker, host: str | None = None) -> str:
+    """The worker's Celery node name on a host of the site's hosts: section; without one,
+    %h, which Celery expands to the machine's host name."""
+    return f"{worker.name}@{host or '%h'}"
 
 
 def state_dir(site: Site, config_dir: str) -> str:

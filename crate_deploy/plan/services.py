@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from crate_deploy.plan import names
+from crate_deploy.plan import names, placement
 from crate_deploy.plan.settings import flower_basic_auth
 from crate_deploy.site.checks import stop_timeout
 from crate_deploy.site.model import Site, Worker
@@ -73,20 +73,23 @@ class Plan:
     state_dir: str
     env_file: str  # the plain environment file every service reads
     services: tuple[Service, ...]
+    host: str | None = None  # whose share this is; None: the whole site, on one machine
 
     def service(self, name: str) -> Service:
         return next(service for service in self.services if service.name == name)
 
 
-def build_plan(site: Site, config_dir: str) -> Plan:
-    """The process plan for a validated site whose config files live in config_dir."""
-    builder = _Builder(site, config_dir)
-    services = [builder.worker(worker) for worker in site.workers]
-    if site.beat.enabled:
+def build_plan(site: Site, config_dir: str, host: str | None = None) -> Plan:
+    """The process plan for a validated site whose config files live in config_dir: the
+    whole site, or (host=NAME, for a site with hosts:) that host's share of it."""
+    builder = _Builder(site, config_dir, host)
+    services = [builder.worker(worker) for worker in placement.pools_on(site, host)]
+    if placement.runs_beat(site, host):
         services.append(builder.beat())
-    if site.flower.enabled:
+    if placement.runs_flower(site, host):
         services.append(builder.flower())
-    return Plan(site.project, config_dir, builder.state_dir, builder.env_file, tuple(services))
+    return Plan(site.project, config_dir, builder.state_dir, builder.env_file, tuple(services),
+                host)
 
 
 def celery_command(site: Site, command: str, *args: str) -> tuple[str, ...]:
@@ -94,9 +97,10 @@ def celery_command(site: Site, command: str, *args: str) -> tuple[str, ...]:
     return (site.celery_executable, "-A", names.APP_MODULE, command, *args)
 
 
-def worker_arguments(worker: Worker) -> list[str]:
-    """The `celery worker` options a pool's settings imply (node name with %h for the host)."""
-    args = [f"--hostname={names.node_name(worker)}", f"--queues={','.join(worker.queues)}",
+def worker_arguments(worker: Worker, host: str | None = None) -> list[str]:
+    """The `celery worker` options a pool's settings imply (node name POOL@HOST, or with %h
+    for the machine's name when the site has no hosts:)."""
+    args = [f"--hostname={names.node_name(worker, host)}", f"--queues={','.join(worker.queues)}",
             f"--pool={worker.pool}", f"--loglevel={worker.log_level.upper()}", "-O", "fair"]
     if worker.disable_prefetch:
         args.append("--disable-prefetch")
@@ -113,9 +117,10 @@ def worker_arguments(worker: Worker) -> list[str]:
 
 
 class _Builder:
-    def __init__(self, site: Site, config_dir: str) -> None:
+    def __init__(self, site: Site, config_dir: str, host: str | None) -> None:
         self.site = site
         self.config_dir = config_dir
+        self.host = host
         self.state_dir = names.state_dir(site, config_dir)
         self.env_file = f"{config_dir}/{names.env_file_name(site)}"
 
@@ -123,17 +128,19 @@ class _Builder:
         return self._service(
             names.worker_unit(self.site, worker), "worker",
             f"{self.site.project} Celery worker pool {worker.name}",
-            celery_command(self.site, "worker", *worker_arguments(worker)),
+            celery_command(self.site, "worker", *worker_arguments(worker, self.host)),
             {"CRATE_DEPLOY_POOL": worker.name}, stop_timeout(self.site, worker),
-            Readiness("ping", node=names.node_name(worker), queues=tuple(worker.queues)),
-            pool=worker.name)
+            Readiness("ping", node=names.node_name(worker, self.host),
+                      queues=tuple(worker.queues)),
+            pool=worker.name, hosts=placement.hosts_of(self.site, worker.name))
 
     def beat(self) -> Service:
         schedule = f"--schedule={self.state_dir}/{names.BEAT_SCHEDULE_FILE}"
         return self._service(
             names.beat_unit(self.site), "beat", f"{self.site.project} Celery beat",
             celery_command(self.site, "beat", schedule, "--loglevel=INFO"), {},
-            BEAT_STOP_TIMEOUT, Readiness("running"), singleton=True)
+            BEAT_STOP_TIMEOUT, Readiness("running"), singleton=True,
+            hosts=tuple(filter(None, [placement.beat_host(self.site)])))
 
     def flower(self) -> Service:
         flower = self.site.flower
@@ -142,11 +149,13 @@ class _Builder:
             names.flower_unit(self.site), "flower", f"{self.site.project} Flower",
             celery_command(self.site, "flower", f"--conf={self.config_dir}/{names.FLOWER_CONFIG}"),
             environment, FLOWER_STOP_TIMEOUT,
-            Readiness("http", address=flower.address, port=flower.port))
+            Readiness("http", address=flower.address, port=flower.port),
+            hosts=tuple(filter(None, [placement.flower_host(self.site)])))
 
     def _service(self, unit: str, role: Role, description: str, argv: tuple[str, ...],
                  environment: dict[str, str], timeout: float, readiness: Readiness,
-                 pool: str | None = None, singleton: bool = False) -> Service:
+                 pool: str | None = None, singleton: bool = False,
+                 hosts: tuple[str, ...] = ()) -> Service:
         site, systemd = self.site, self.site.systemd
         env_files = (self.env_file, *([site.secrets_file] if site.secrets_file else []))
         user = site.user if systemd.scope == "system" else None
@@ -158,4 +167,4 @@ class _Builder:
             stop_signal="SIGTERM", stop_timeout=timeout, restart=systemd.restart,
             restart_sec=systemd.restart_sec, start_limit_burst=systemd.start_limit_burst,
             start_limit_interval=systemd.start_limit_interval, state_dir=self.state_dir,
-            readiness=readiness, pool=pool, singleton=singleton)
+            readiness=readiness, pool=pool, singleton=singleton, hosts=hosts)

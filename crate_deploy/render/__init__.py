@@ -28,12 +28,13 @@ class Rendering:
 
 
 def render_site(site: Site, source: str, config_dir: str, versions: TargetVersions,
-                stamp: str | None = None) -> Rendering:
-    """Every file the site needs, with config_dir as the place they will live on the server.
+                stamp: str | None = None, host: str | None = None) -> Rendering:
+    """Every file the site needs, with config_dir as the place they will live on the server
+    (for a site with hosts:, every file one host's share needs).
 
     `stamp` identifies the probed celery program, so the next render can reuse the probe.
     """
-    plan = build_plan(site, config_dir)
+    plan = build_plan(site, config_dir, host)
     config = ConfigRenderer(site, source, versions, stamp=stamp)
     files = [*config.files(plan), *SystemdRenderer(site, source, versions).files(plan)]
     return Rendering(sorted(files, key=lambda f: f.path), config.notes)

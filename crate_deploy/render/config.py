@@ -46,7 +46,7 @@ class ConfigRenderer(Renderer):
                       environment=plain_environment(site.environment, plan.config_dir)),
             RenderedFile(names.DEPLOYMENT_FILE, self._deployment(plan)),
         ]
-        if site.flower.enabled:
+        if any(service.role == "flower" for service in plan.services):
             options, flower_notes = drop_unknown(flower_options(site, plan.state_dir), versions,
                                                  "flower")
             self.notes.extend(flower_notes)
@@ -67,8 +67,12 @@ class ConfigRenderer(Renderer):
             "versions": {"celery": versions.celery, "kombu": versions.kombu,
                          "flower": versions.flower, "source": versions.source,
                          "stamp": self.stamp},
-            "site": self.site.model_dump(mode="json"),
+            # A site without hosts: renders as it did before there were hosts.
+            "site": self.site.model_dump(mode="json",
+                                         exclude=None if self.site.hosts else {"hosts"}),
         }
+        if plan.host is not None:
+            document["host"] = plan.host
         return json.dumps(document, indent=2) + "\n"
 
 

@@ -28,6 +28,7 @@ from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan import names
 from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
 from crate_deploy.render import RenderedFile
+from crate_deploy.run.host import check_this_host
 from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
@@ -50,6 +51,8 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     """Install DIR's units (and config) into systemd, enable them, start or restart them."""
     deployment = _checked_scope(load_deployment(directory), user)
     root = _checked_root(root, user)
+    if root is None:  # an offline install (--root) may be building another host's image
+        check_this_host(deployment)
     systemctl = _Systemctl(user=user, root=root)
     # Asked before installing, so removed units are stopped as well as disabled.
     problem = None if root else manager_problem(user)
@@ -88,7 +91,8 @@ def _wait_for_services(deployment: Deployment, timeout: float) -> int:
     secrets = read_secrets(site)
     mask = masker_for(secrets)
     ready = wait_until_ready(site, broker_urls(site, secrets), secrets, mask, timeout=timeout,
-                             alive=lambda: True, say=lambda text: click.echo(mask(text)))
+                             alive=lambda: True, say=lambda text: click.echo(mask(text)),
+                             share=deployment.host)
     if not ready:
         scope = " --user" if site.systemd.scope == "user" else ""
         click.echo(f"crate-deploy: see `systemctl{scope} status {deployment.target}` and "

@@ -24,6 +24,7 @@ from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan.services import build_plan
+from crate_deploy.run.host import check_this_host
 from crate_deploy.run.specs import process_spec
 from crate_deploy.run.supervise import (
     LinePrinter,
@@ -82,6 +83,7 @@ class _Fleet:
 
 def launch_command(directory: Path, *, timeout: float) -> int:
     deployment = load_deployment(directory)
+    check_this_host(deployment)
     site = deployment.site
     secrets = read_secrets(site)
     mask = masker_for(secrets)
@@ -125,7 +127,7 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
 
 def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     base = {key: os.environ[key] for key in INHERITED if key in os.environ}
-    plan = build_plan(deployment.site, deployment.config_dir)
+    plan = build_plan(deployment.site, deployment.config_dir, deployment.host)
     return [_as_unit_user(process_spec(service, base)) for service in plan.services]
 
 
@@ -187,7 +189,8 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
 def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -> bool:
     ready = wait_until_ready(fleet.deployment.site, fleet.urls, fleet.secrets, fleet.mask,
                              timeout=timeout, alive=thread.is_alive,
-                             say=lambda text: fleet.say.line(NAME, text))
+                             say=lambda text: fleet.say.line(NAME, text),
+                             share=fleet.deployment.host)
     if ready:
         fleet.say.line(NAME, "Ctrl-C (or `crate-deploy stop`) stops the fleet warmly: "
                        "running tasks finish")

@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from crate_deploy.site.hosts import host_findings
 from crate_deploy.site.load import Loc, format_loc
 from crate_deploy.site.model import SECRET_REFERENCE, Site, Worker
 
@@ -34,7 +35,7 @@ def check_site(site: Site) -> list[Finding]:
     findings: list[Finding] = []
     for rule in (_unique_names, _queue_references, _unused_queues, _pool_options,
                  _stop_timeouts, _extra_args, _failover, _flower, _secrets, _executable,
-                 _schedule, _environment):
+                 _schedule, _environment, host_findings):
         findings.extend(rule(site))
     return findings
 
@@ -169,7 +170,7 @@ def _flower(site: Site) -> Iterator[Finding]:
     flower = site.flower
     if not flower.enabled:
         return
-    if not flower.auth and not flower.insecure_no_auth and not _is_loopback(flower.address):
+    if not flower.auth and not flower.insecure_no_auth and not is_loopback(flower.address):
         yield (("flower", "address"), f"Flower on {flower.address} without auth would let "
                "anyone who can reach it run and revoke tasks: add flower.auth, bind to "
                "127.0.0.1, or set insecure_no_auth: true", "error")
@@ -223,7 +224,7 @@ def _environment(site: Site) -> Iterator[Finding]:
                    "itself, and Flower's options go under flower", "error")
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
     try:
@@ -235,7 +236,7 @@ def _is_loopback(address: str) -> bool:
 def _same_host(host: str | None, address: str) -> bool:
     if host is None:
         return False
-    return host == address or (_is_loopback(host) and _is_loopback(address)) or (
+    return host == address or (is_loopback(host) and is_loopback(address)) or (
         address in ("0.0.0.0", "::"))  # noqa: S104 - comparing, not binding
 
 

@@ -328,6 +328,33 @@ class Systemd(Strict):
     """Seconds over which start_limit_burst counts."""
 
 
+def _hostname_labels(name: str) -> str:
+    if any(len(label) > 63 for label in name.split(".")):
+        raise ValueError("has a label (between dots) longer than 63 characters")
+    return name
+
+
+# RFC 1123 host names: dot-separated labels of letters, digits and '-' (not at either end).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+HOSTNAME_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$"
+Hostname = Annotated[str, StringConstraints(pattern=HOSTNAME_PATTERN, max_length=253),
+                     AfterValidator(_hostname_labels)]
+
+
+class Host(Strict):
+    """One machine of a multi-host site, and its share of the fleet."""
+
+    name: Hostname
+    """The machine's host name (what `hostname` prints there): its pools' nodes are POOL@NAME,
+    and `render --host NAME` renders its share."""
+    pools: list[Name] = Field(default_factory=list, max_length=2000)
+    """Worker pools (names under workers) this host runs; a pool may run on several hosts."""
+    beat: bool = False
+    """Run the site's one beat here (exactly one host, when beat is enabled)."""
+    flower: bool = False
+    """Run Flower here (exactly one host, when Flower is enabled)."""
+
+
 class Site(Strict):
     """A whole Celery deployment: everything one server runs for one application."""
 
@@ -380,6 +407,9 @@ class Site(Strict):
     """The Flower web UI."""
     systemd: Systemd = Field(default_factory=Systemd)
     """How the units behave."""
+    hosts: list[Host] | None = Field(default=None, min_length=1, max_length=1000)
+    """Several machines (docs/multi-host.md): which pools, beat and Flower each runs (default:
+    everything on the one machine the site is rendered for)."""
     # Checked by site/compat_keys.py before anything else, wherever it stands in the file.
     requires: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z<>=!~.,* ]+$",
                                                max_length=200)] | None = Field(

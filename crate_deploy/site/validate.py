@@ -25,6 +25,7 @@ from crate_deploy.site.load import LoadedSite, Loc, load_site
 from crate_deploy.site.model import (
     CELERY_VERSION_PATTERN,
     FLOWER_VERSION_PATTERN,
+    HOSTNAME_PATTERN,
     PATH_PATTERN,
     USER_PATTERN,
     Site,
@@ -40,6 +41,8 @@ _PATTERN_HINTS = {
                                 "'_' and '-' (at most 40 characters)",
     r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$": "must start with a letter and use only letters, digits, "
                                        "'_', '.' and '-' (at most 100 characters)",
+    HOSTNAME_PATTERN: "must be a host name: letters, digits and '-' in labels separated by "
+                      "dots, no label starting or ending with '-' (at most 253 characters)",
     PATH_PATTERN: "must be a path of letters, digits and ._/@+,~- only (no spaces, quotes, "
                   "'%', '$' or line breaks)",
     r"^[A-Za-z_][A-Za-z0-9_]{0,99}$": "must be a variable name: letters, digits and '_', "

@@ -25,6 +25,7 @@ from crate_deploy.plan.names import (
     UNIT_DIR,
     env_file_name,
 )
+from crate_deploy.plan.placement import runs_flower
 from crate_deploy.plan.restarts import shared_config_files
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import SECRET_REFERENCE, Site
@@ -39,6 +40,8 @@ class Deployment:
     state_dir: str
     target: str
     services: list[str]
+    host: str | None = None  # whose share of a site with hosts: this render is
+
 
     @property
     def unit_dir(self) -> Path:
@@ -54,7 +57,7 @@ class Deployment:
         """The files in config_dir, by name; all but deployment.json are read by services."""
         names = [f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site),
                  DEPLOYMENT_FILE]
-        if self.site.flower.enabled:
+        if runs_flower(self.site, self.host):
             names.append(FLOWER_CONFIG)
         return names
 
@@ -74,9 +77,14 @@ def load_deployment(directory: Path) -> Deployment:
         document = json.loads(path.read_text(encoding="utf-8"))
         site = Site.model_validate(document["site"])
         config_dir = str(document["config_dir"]).rstrip("/") or "/"
+        host = document.get("host")
         return Deployment(directory.resolve(), site, config_dir, document["state_dir"],
-                          document["target"], [str(name) for name in document["services"]])
+                          document["target"], [str(name) for name in document["services"]],
+                          None if host is None else str(host))
     except FileNotFoundError:
+        if (directory / "hosts").is_dir():  # render --all-hosts: one share per host below
+            raise UsageError(f"{directory} holds every host's share (render --all-hosts): "
+                             f"give one, {directory}/hosts/HOST") from None
         raise UsageError(f"no rendered site in {directory}: run `crate-deploy render SITE "
                          f"-o {directory}` first") from None
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:

@@ -4,6 +4,7 @@ Like CRATE, it configures itself from its own settings object at import time, wi
 values that crate-deploy's rendered settings must override (prefetch 8, early acks).
 """
 
+import socket
 import time
 
 from celery import Celery
@@ -23,15 +24,16 @@ app.config_from_object(DemoSettings, namespace="CELERY")
 
 @app.task(bind=True)
 def quick(self, value=0):
-    """Return which node ran it, so tests can prove each queue's pool did the work."""
-    return {"value": value, "node": self.request.hostname}
+    """Return which node (and machine) ran it, so tests can prove each queue's pool did the
+    work, on the host the site put it on."""
+    return {"value": value, "node": self.request.hostname, "host": socket.gethostname()}
 
 
 @app.task(bind=True)
 def slow(self, seconds=5.0, value=0):
     """Sleep like a long report, then say who ran it."""
     time.sleep(seconds)
-    return {"value": value, "node": self.request.hostname}
+    return {"value": value, "node": self.request.hostname, "host": socket.gethostname()}
 
 
 @app.task

@@ -284,11 +284,13 @@ class Launch:
 
     # --- running -----------------------------------------------------------------
 
+    def argv(self) -> list[str]:
+        return [str(CRATE_DEPLOY), "launch", str(self.site.out), "--timeout", f"{self.timeout:g}"]
+
     def start(self) -> Launch:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [str(CRATE_DEPLOY), "launch", str(self.site.out), "--timeout", f"{self.timeout:g}"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.started_at = time.monotonic()
         return self
