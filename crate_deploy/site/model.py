@@ -114,7 +114,9 @@ def _secret_reference(value: str) -> str:
 
 
 # No ';': kombu would split it into failover URLs behind our checks (give a list instead).
-URL_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f'\"\\;]+$"
+# The quote is not escaped: \" is a Python-only escape, which ECMA-262 (the schema's regex
+# dialect, compiled by editors in unicode mode) refuses. Patterns here must be both.
+URL_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f'" + '"' + r"\\;]+$"
 Url = Annotated[str, StringConstraints(pattern=URL_PATTERN, max_length=2000),
                 AfterValidator(_no_literal_password)]
 BrokerUrl = Annotated[Url, AfterValidator(_broker_scheme)]
