@@ -27,6 +27,8 @@ from crate_deploy.site.model import (
     Site,
 )
 from crate_deploy.site.partial import Pruned, model_at, prune
+from crate_deploy.site.references import check_references
+from crate_deploy.site.sandbox import PATH_KEYS, check_sandbox
 from crate_deploy.target.versions import TargetVersions
 
 _PATTERN_HINTS = {
@@ -86,8 +88,16 @@ def validate_file(path: Path) -> ValidatedSite:
 
 
 def _findings(site: Site, loaded: LoadedSite, pruned: Pruned) -> list[Finding]:
-    """Every cross-check, on what validated."""
-    return check_site(site, skip=pruned.skipped_rules())
+    """Every cross-check: within the site, its secrets file, and the units' sandbox."""
+    relative = [loc for loc in PATH_KEYS if _written_relative(loaded.data, loc)]
+    return [*check_site(site, skip=pruned.skipped_rules()), *check_references(site),
+            *check_sandbox(site, relative)]
+
+
+def _written_relative(data: Any, loc: Loc) -> bool:
+    for part in loc:
+        data = data.get(part) if isinstance(data, dict) else None
+    return isinstance(data, str) and not data.startswith("/")
 
 
 def _model_problems(loaded: LoadedSite, exc: ValidationError) -> list[Problem]:
