@@ -36,27 +36,34 @@ def cli() -> None:
 
 @cli.command()
 @SITE
-@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_OUTPUT_DIR, show_default=True,
-              help="Where a render keeps the probed versions of the target's Celery.")
-def validate(site: Path, output_dir: Path) -> int:
+def validate(site: Path) -> int:
     """Check a site file; print every problem as FILE:LINE:COL: KEY: MESSAGE."""
     from crate_deploy.commands.render import validate_command
 
-    return validate_command(site, output_dir)
+    return validate_command(site)
 
 
 @cli.command()
 @SITE
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_OUTPUT_DIR, show_default=True, help="Directory to render into.")
+              help=f"Directory to render into, like DIRECTORY  [default: {DEFAULT_OUTPUT_DIR}]")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if something would change.")
-@click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
-    """Render systemd units, Celery and Flower config for a site file."""
+@click.option("--diff", "show_diff", is_flag=True,
+              help="Show what changes, secrets masked, and write it; --check --diff previews "
+                   "without writing.")
+@click.option("--force", is_flag=True,
+              help="Render even over another project's rendered site (its files are removed).")
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged files too.")
+def render(site: Path, directory: Path | None, output_dir: Path | None, check: bool,
+           show_diff: bool, force: bool, verbose: bool) -> int:
+    """Render systemd units, Celery and Flower config for a site file into DIRECTORY."""
     from crate_deploy.commands.render import render_command
 
-    return render_command(site, output_dir, check=check, show_diff=show_diff)
+    if directory and output_dir and directory != output_dir:
+        raise UsageError(f"two output directories ({directory} and -o {output_dir}): give one")
+    return render_command(site, directory or output_dir or DEFAULT_OUTPUT_DIR, check=check,
+                          show_diff=show_diff, force=force, verbose=verbose)
 
 
 @cli.command()

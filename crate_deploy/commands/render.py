@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from crate_deploy.commands.provenance import refuse_foreign_site, source_name
 from crate_deploy.errors import CrateDeployError, UsageError
-from crate_deploy.plan.names import DEPLOYMENT_FILE
+from crate_deploy.plan.names import DEFAULT_OUTPUT_DIR, DEPLOYMENT_FILE
 from crate_deploy.render import render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
@@ -21,25 +22,32 @@ from crate_deploy.write import apply_changes, plan_changes
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
 
-def validate_command(site_path: Path, output_dir: Path) -> int:
-    validated, versions = _validated(site_path, output_dir)
+def validate_command(site_path: Path) -> int:
+    # The probe of the target's versions is cached in a render's deployment.json; validate
+    # takes no output directory, so it reuses the default one's cache when there is one.
+    validated, versions = _validated(site_path, DEFAULT_OUTPUT_DIR)
     site = validated.site
     click.echo(f"{site_path}: valid ({len(site.workers)} worker pool(s), {len(site.queues)} "
                f"queue(s); for Celery {versions.celery}, {versions.source})")
     return 0
 
 
-def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool) -> int:
+def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
+                   force: bool = False, verbose: bool = False) -> int:
     validated, versions = _validated(site_path, output_dir)
     site = validated.site
+    if not force:
+        refuse_foreign_site(output_dir, site.project)
     config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
-    rendering = render_site(site, str(site_path), config_dir, versions, stamp)
+    rendering = render_site(site, source_name(site_path), config_dir, versions, stamp)
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
     changes = plan_changes(output_dir, rendering.files)
     mask = _masker(site) if show_diff else None
     for change in changes:
+        if change.status == "unchanged" and not verbose:
+            continue  # counted in the summary line; -v lists them
         colour = _COLOURS[change.status]
         click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
         if mask is not None and change.status != "unchanged":

@@ -1,0 +1,37 @@
+"""Which site an output directory holds: the source a render records, and the refusal to
+render one project over another's files.
+
+The source goes into every unit's header and deployment.json, so it must not depend on
+the directory render ran from: the same site rendered from elsewhere (`render
+examples/site.yaml`, then `cd examples; render site.yaml`) would otherwise "change"
+every unit, and `launch --systemd` would restart the whole fleet for nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crate_deploy.errors import RenderError
+from crate_deploy.plan.names import DEPLOYMENT_FILE
+
+
+def source_name(site_path: Path) -> str:
+    """The site file's absolute path, as one printable line (it goes into unit comments)."""
+    text = str(site_path.resolve())
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+def refuse_foreign_site(output_dir: Path, project: str) -> None:
+    """Refuse to render `project` where another project's render lives: the write would
+    remove that site's files (and a later launch would stop its fleet)."""
+    try:
+        document = json.loads((output_dir / DEPLOYMENT_FILE).read_text(encoding="utf-8"))
+        other = str(document["site"]["project"])
+        source = str(document.get("source", "?"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # nothing rendered there yet (or not by us: write.py guards those files)
+    if other != project:
+        raise RenderError(f"{output_dir} holds the rendered site of project {other!r} (from "
+                          f"{source}), not {project!r}: rendering here would remove its files; "
+                          "render into another directory, or pass --force to replace it")
