@@ -28,7 +28,20 @@ OUTPUT_DIR = click.argument("directory", type=click.Path(path_type=Path, file_ok
                             default=DEFAULT_OUTPUT_DIR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Command):
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The whole first paragraph of the help in `crate-deploy --help`: click would cut
+        it at `limit` characters with "...", which hides what the command does."""
+        if self.short_help:
+            return self.short_help
+        return " ".join((self.help or "").split("\n\n")[0].split())
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crate-deploy")
 def cli() -> None:
     """Deploy a Celery fleet (workers, beat, Flower) from one site file."""
@@ -93,13 +106,18 @@ def schema(markdown: bool, example: Path | None) -> int:
               help="Install the units into systemd, enable and start the target.")
 @click.option("--user", is_flag=True, help="With --systemd: user units (~/.config/systemd/user).")
 @click.option("--root", type=click.Path(path_type=Path, file_okay=False),
-              help="With --systemd: install into this root offline (systemctl --root).")
+              help="With --systemd: install into this root offline (systemctl --root); "
+                   "created when missing.")
 def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
            root: Path | None) -> int:
     """Run the rendered fleet in the foreground (or install it into systemd)."""
     if use_systemd:
         from crate_deploy.run.install import install_command
 
+        if root is not None and not user and not root.exists():
+            # An image is built into an empty tree: make it, as `systemctl --root` expects one.
+            root.mkdir(mode=0o755, parents=True)
+            click.echo(f"created {root}", err=True)
         return install_command(directory, user=user, root=root, timeout=timeout)
     if user or root:
         raise UsageError("--user and --root go with --systemd")
@@ -130,16 +148,30 @@ def status(directory: Path, as_json: bool) -> int:
 
 
 @cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.argument("queues", nargs=-1)
-@click.option("-C", "--directory", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_OUTPUT_DIR, show_default=True, help="The render directory.")
+@click.option("-C", "--directory", "old_directory", hidden=True,
+              type=click.Path(path_type=Path, file_okay=False))
 @click.option("--to", help="Move to this queue instead of the one each task came from.")
 @click.option("--dry-run", is_flag=True, help="List what is parked; move nothing.")
-def requeue(queues: tuple[str, ...], directory: Path, to: str | None, dry_run: bool) -> int:
-    """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them."""
+def requeue(directory: Path | None, queues: tuple[str, ...], old_directory: Path | None,
+            to: str | None, dry_run: bool) -> int:
+    """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them.
+
+    DIRECTORY is the render directory, as for every command (default crate-deploy-out);
+    QUEUES are the queues to requeue (default: every queue with dead_letter: true)."""
     from crate_deploy.inspect.requeue import requeue_command
 
-    return requeue_command(directory, queues, to=to, dry_run=dry_run)
+    if old_directory is not None:  # -C DIR: the old spelling, still understood
+        click.echo("note: -C is deprecated: give the directory first, as for every command "
+                   "(crate-deploy requeue DIRECTORY [QUEUE]...)", err=True)
+        queues = (*([str(directory)] if directory else []), *queues)
+        directory = old_directory
+    elif directory is not None and not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory: requeue takes the render directory "
+                         "first, as every command does (crate-deploy requeue DIRECTORY "
+                         "[QUEUE]...)")
+    return requeue_command(directory or DEFAULT_OUTPUT_DIR, queues, to=to, dry_run=dry_run)
 
 
 def main(argv: list[str] | None = None) -> None:
