@@ -4,7 +4,9 @@ render one project over another's files.
 The source goes into every unit's header and deployment.json, so it must not depend on
 the directory render ran from: the same site rendered from elsewhere (`render
 examples/site.yaml`, then `cd examples; render site.yaml`) would otherwise "change"
-every unit, and `launch --systemd` would restart the whole fleet for nothing.
+every unit, and `launch --systemd` would restart the whole fleet for nothing. Nor on
+where the checkout lies: `render --check` in CI must match the server's render. So it
+is the site file's name alone.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from crate_deploy.plan.names import DEPLOYMENT_FILE
 
 
 def source_name(site_path: Path) -> str:
-    """The site file's absolute path, as one printable line (it goes into unit comments)."""
-    text = str(site_path.resolve())
+    """The site file's name, as one printable line (it goes into unit comments)."""
+    text = site_path.resolve().name
     return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
