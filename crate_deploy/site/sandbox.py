@@ -7,15 +7,16 @@ outside its StateDirectory=. A working directory, venv or state directory in suc
 place passes every syntax check and fails only when systemd starts the unit (200/CHDIR,
 203/EXEC, a beat that cannot write its schedule).
 
-A path written absolute in the site is an error. One written relative follows the site
-file wherever it lies (a checkout, the demo): a foreground launch runs it fine, so there
-it is a warning about `launch --systemd`.
+All are warnings, not errors: the same rendered files also run in the foreground
+(`crate-deploy launch`, the demo, the end-to-end tests), where no sandbox hides anything,
+and validate cannot know which launch a site is for. Each says what `launch --systemd`
+would meet and the fix.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from crate_deploy.site.load import Loc
@@ -33,8 +34,7 @@ _WHAT: dict[Loc, str] = {("working_directory",): "start in it (200/CHDIR)",
          ("paths", "config_dir"): "read their config there"}
 
 
-def check_sandbox(site: Site, relative: Collection[Loc]) -> Iterator[Finding]:
-    """`relative`: the keys the site file wrote as relative paths."""
+def check_sandbox(site: Site) -> Iterator[Finding]:
     if site.systemd.scope != "system":
         return
     dynamic = site.user is None
@@ -42,19 +42,17 @@ def check_sandbox(site: Site, relative: Collection[Loc]) -> Iterator[Finding]:
         path = _value(site, loc)
         if path is None:
             continue
-        severity = "warning" if loc in relative else "error"
         hidden = _hidden(path, site.systemd.hardening, dynamic)
         if hidden is not None:
             why, fix = hidden
             yield loc, (f"{path} is under {why}, so under systemd the services cannot "
-                        f"{_WHAT[loc]}: {fix}"), severity
+                        f"{_WHAT[loc]}: {fix}"), "warning"
     if dynamic and site.paths.state_dir and _uses_state(site):
-        loc = ("paths", "state_dir")
-        severity = "warning" if loc in relative else "error"
-        yield loc, (f"with no user: the services run as a DynamicUser= that does not own "
-                    f"{site.paths.state_dir}, so beat and Flower cannot write there: remove "
-                    f"paths.state_dir (systemd then makes /var/lib/{site.project} for it) or "
-                    "set user:"), severity
+        yield ("paths", "state_dir"), (
+            "with no user: the services run as a DynamicUser= that does not own "
+            f"{site.paths.state_dir}, so beat and Flower cannot write there: remove "
+            f"paths.state_dir (systemd then makes /var/lib/{site.project} for it) or set user:"
+        ), "warning"
     yield from _interpreter(site)
 
 

@@ -28,7 +28,7 @@ from crate_deploy.site.model import (
 )
 from crate_deploy.site.partial import Pruned, model_at, prune
 from crate_deploy.site.references import check_references
-from crate_deploy.site.sandbox import PATH_KEYS, check_sandbox
+from crate_deploy.site.sandbox import check_sandbox
 from crate_deploy.target.versions import TargetVersions
 
 _PATTERN_HINTS = {
@@ -79,7 +79,7 @@ def validate_file(path: Path) -> ValidatedSite:
     if pruned is not None:
         site, path_problems = _resolve_paths(pruned.site, loaded, path.parent)
         errors.extend(path_problems)
-        for loc, message, severity in pruned.findings(_findings(site, loaded, pruned)):
+        for loc, message, severity in pruned.findings(_findings(site, pruned)):
             (errors if severity == "error" else warnings).append(
                 loaded.problem(loc, message, severity))
     if errors or site is None:
@@ -87,17 +87,10 @@ def validate_file(path: Path) -> ValidatedSite:
     return ValidatedSite(site, path, warnings, loaded)
 
 
-def _findings(site: Site, loaded: LoadedSite, pruned: Pruned) -> list[Finding]:
+def _findings(site: Site, pruned: Pruned) -> list[Finding]:
     """Every cross-check: within the site, its secrets file, and the units' sandbox."""
-    relative = [loc for loc in PATH_KEYS if _written_relative(loaded.data, loc)]
     return [*check_site(site, skip=pruned.skipped_rules()), *check_references(site),
-            *check_sandbox(site, relative)]
-
-
-def _written_relative(data: Any, loc: Loc) -> bool:
-    for part in loc:
-        data = data.get(part) if isinstance(data, dict) else None
-    return isinstance(data, str) and not data.startswith("/")
+            *check_sandbox(site)]
 
 
 def _model_problems(loaded: LoadedSite, exc: ValidationError) -> list[Problem]:
