@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,15 +80,17 @@ def _processes(deployment: Deployment) -> dict[str, dict[str, Any]]:
 
 
 def _unit_state(unit: str, scope: list[str]) -> dict[str, Any]:
-    result = subprocess.run(["systemctl", *scope, "show", "--timestamp=unix",
-                             "--property=ActiveState,SubState,MainPID,ActiveEnterTimestamp",
-                             unit], capture_output=True, text=True, check=False)
+    # The monotonic timestamp, not ActiveEnterTimestamp: its text form depends on the
+    # locale and time zone, and --timestamp=unix needs systemd 251.
+    result = subprocess.run(["systemctl", *scope, "show", "--property=ActiveState,SubState,"
+                             "MainPID,ActiveEnterTimestampMonotonic", unit],
+                            capture_output=True, text=True, check=False)
     found = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
     pid = int(found.get("MainPID") or 0)
-    since = found.get("ActiveEnterTimestamp", "").removeprefix("@")
+    entered = int(found.get("ActiveEnterTimestampMonotonic") or 0)  # microseconds
+    since = time.time() - (time.monotonic() - entered / 1e6) if entered else None
     return {"state": found.get("ActiveState") or "unknown", "sub_state": found.get("SubState"),
-            "pid": pid or None,
-            "since": _iso(float(since)) if since.replace(".", "").isdigit() else None}
+            "pid": pid or None, "since": _iso(since)}
 
 
 def _iso(when: float | None) -> str | None:
