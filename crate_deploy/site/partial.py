@@ -170,8 +170,9 @@ class _Taker:
 def _renumbered(kept: dict[Loc, list[int]], loc: Loc) -> Loc:
     result: list[int | str] = []
     for part in loc:
-        if isinstance(part, int) and tuple(result) in kept:
-            part = kept[tuple(result)][part]
+        indices = kept.get(tuple(result), [])
+        if isinstance(part, int) and 0 <= part < len(indices):
+            part = indices[part]
         result.append(part)
     return tuple(result)
 

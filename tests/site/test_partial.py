@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import MINIMAL, Result
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crate_deploy.errors import SiteError
+from crate_deploy.site.validate import validate_file
+from tests.conftest import EXAMPLES, MINIMAL, Result
 from tests.test_validate import messages
 
 # The issue's case: a field error, a duplicate pool name and a cross-field error at once.
@@ -79,3 +85,39 @@ def test_a_refused_queue_is_not_also_reported_as_undeclared(
     workers:
 """).replace("queues: [celery]", "queues: [celery, fast]"))
     assert messages(path) == ["8:18: queues[1].type: must be one of: 'classic' or 'quorum'"]
+
+
+def _leaves(data: object, loc: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(data, dict):
+        return [leaf for key, value in data.items() for leaf in _leaves(value, (*loc, key))]
+    if isinstance(data, list):
+        return [leaf for index, value in enumerate(data)
+                for leaf in _leaves(value, (*loc, index))]
+    return [loc]
+
+
+GARBAGE = [None, 0, -1, 10**12, "", "Bad Name", "${X", [], {}, {"x": 1}, True, 1.5]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_mix_of_refused_values_gives_problems_never_a_crash(
+        data: st.DataObject, tmp_path: Path) -> None:
+    """Replace a few values of the CRATE example with garbage: validate reports problems
+    (each at a line of the file) and never raises anything but SiteError."""
+    document = yaml.safe_load((EXAMPLES / "site.yaml").read_text())
+    leaves = _leaves(document)
+    for loc in data.draw(st.lists(st.sampled_from(leaves), min_size=1, max_size=6)):
+        parent = document
+        for part in loc[:-1]:
+            parent = parent[part]
+        parent[loc[-1]] = data.draw(st.sampled_from(GARBAGE))
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    lines = len(path.read_text().splitlines())
+    try:
+        validate_file(path)
+    except SiteError as exc:
+        assert exc.problems
+        assert all(1 <= problem.line <= lines for problem in exc.problems)
