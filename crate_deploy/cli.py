@@ -116,7 +116,11 @@ def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
 
         if root is not None and not user and not root.exists():
             # An image is built into an empty tree: make it, as `systemctl --root` expects one.
-            root.mkdir(mode=0o755, parents=True)
+            try:
+                root.mkdir(parents=True)
+                root.chmod(0o755)  # a root directory's mode, whatever the caller's umask
+            except OSError as exc:
+                raise UsageError(f"--root {root}: cannot create it ({exc.strerror})") from None
             click.echo(f"created {root}", err=True)
         return install_command(directory, user=user, root=root, timeout=timeout)
     if user or root:

@@ -120,5 +120,10 @@ def test_launch_root_is_created_when_missing(run_cli: Callable[..., Result],
     assert run_cli("render", write_site(MINIMAL), out).code == 0
     result = run_cli("launch", out, "--systemd", "--root", root)
     assert result.err.splitlines()[0] == f"created {root}"
-    assert root.is_dir()
+    assert root.is_dir() and root.stat().st_mode & 0o777 == 0o755
     assert "No such directory" not in result.err
+    (tmp_path / "file").write_text("")
+    blocked = run_cli("launch", out, "--systemd", "--root", tmp_path / "file" / "root")
+    assert blocked.code == 2
+    assert blocked.err == (f"crate-deploy: error: --root {tmp_path / 'file' / 'root'}: cannot "
+                           "create it (Not a directory)\n")
