@@ -14,6 +14,7 @@ from crate_deploy.plan.names import DEFAULT_OUTPUT_DIR, DEPLOYMENT_FILE
 from crate_deploy.render import render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
+from crate_deploy.site.sandbox import hidden_by_sandbox
 from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
@@ -39,6 +40,8 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     if not force:
         refuse_foreign_site(output_dir, site.project)
     config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
+    if site.paths.config_dir is None:
+        _warn_if_hidden(site, config_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
     rendering = render_site(site, source_name(site_path), config_dir, versions, stamp)
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
@@ -82,6 +85,17 @@ def _plain_config_dir(output_dir: Path) -> str:
                          "hold (spaces, '%', quotes ...): render with -o into a plain path, or "
                          "set paths.config_dir in the site file")
     return path
+
+
+def _warn_if_hidden(site: Site, config_dir: str) -> None:
+    """The output directory is the units' config_dir by default: systemd's sandbox may
+    hide it (a render into ~/out or /tmp/out), which sandbox.py cannot see in the site."""
+    hidden = hidden_by_sandbox(site, config_dir)
+    if hidden is not None:
+        click.echo(f"warning: the output directory {config_dir} is the units' config_dir "
+                   f"(paths.config_dir is unset) and is under {hidden[0]}, so under systemd "
+                   "the services cannot read their config there: render into another "
+                   "directory, or set paths.config_dir", err=True)
 
 
 def _masker(site: Site) -> Masker:

@@ -40,9 +40,7 @@ def check_sandbox(site: Site) -> Iterator[Finding]:
     dynamic = site.user is None
     for loc in PATH_KEYS:
         path = _value(site, loc)
-        if path is None:
-            continue
-        hidden = _hidden(path, site.systemd.hardening, dynamic)
+        hidden = None if path is None else hidden_by_sandbox(site, path)
         if hidden is not None:
             why, fix = hidden
             yield loc, (f"{path} is under {why}, so under systemd the services cannot "
@@ -54,6 +52,13 @@ def check_sandbox(site: Site) -> Iterator[Finding]:
             f"paths.state_dir (systemd then makes /var/lib/{site.project} for it) or set user:"
         ), "warning"
     yield from _interpreter(site)
+
+
+def hidden_by_sandbox(site: Site, path: str) -> tuple[str, str] | None:
+    """(how the site's system units hide `path`, the fix), or None."""
+    if site.systemd.scope != "system":
+        return None
+    return _hidden(path, site.systemd.hardening, site.user is None)
 
 
 def _hidden(path: str, hardening: bool, dynamic: bool) -> tuple[str, str] | None:

@@ -118,3 +118,18 @@ def test_a_venv_whose_python_lives_under_root(write_site: Callable[..., Path],
         venv.rmdir()
         (base / "python3").unlink()
         base.rmdir()
+
+
+def test_an_output_directory_the_sandbox_hides_is_warned_about_at_render(
+        run_cli: Callable[..., Result], write_site: Callable[..., Path],
+        tmp_path: Path) -> None:
+    """config_dir defaults to the output directory, which the site does not name."""
+    out = tmp_path / "out"
+    result = run_cli("render", write_site(SITE), out)
+    assert result.code == 0
+    assert (f"warning: the output directory {out} is the units' config_dir (paths.config_dir "
+            "is unset) and is under /tmp, which each service sees as its own empty directory "
+            "(PrivateTmp=yes), so under systemd the services cannot read their config there: "
+            "render into another directory, or set paths.config_dir") in result.err.splitlines()
+    named = run_cli("render", write_site(SITE + "    paths: {config_dir: /etc/demo}\n"), out)
+    assert named.code == 0 and "warning" not in named.err
