@@ -28,7 +28,20 @@ OUTPUT_DIR = click.argument("directory", type=click.Path(path_type=Path, file_ok
                             default=DEFAULT_OUTPUT_DIR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Command):
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The whole first paragraph of the help in `crate-deploy --help`: click would cut
+        it at `limit` characters with "...", which hides what the command does."""
+        if self.short_help:
+            return self.short_help
+        return " ".join((self.help or "").split("\n\n")[0].split())
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crate-deploy")
 def cli() -> None:
     """Deploy a Celery fleet (workers, beat, Flower) from one site file."""
@@ -36,38 +49,45 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("sites", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_OUTPUT_DIR, show_default=True,
-              help="Where a render keeps the probed versions of the target's Celery.")
-def validate(sites: tuple[Path, ...], output_dir: Path) -> int:
+def validate(sites: tuple[Path, ...]) -> int:
     """Check site files (default site.yaml); print every problem as FILE:LINE:COL: KEY: MESSAGE."""
     if len(sites) > 1:  # a pre-commit hook passes every staged site file at once
         from crate_deploy.commands.validate_files import validate_files_command
 
-        return validate_files_command(list(sites), output_dir)
+        return validate_files_command(list(sites))
     from crate_deploy.commands.render import validate_command
 
-    return validate_command(sites[0] if sites else Path("site.yaml"), output_dir)
+    return validate_command(sites[0] if sites else Path("site.yaml"))
 
 
 @cli.command()
 @SITE
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_OUTPUT_DIR, show_default=True, help="Directory to render into.")
+              help=f"Directory to render into, like DIRECTORY  [default: {DEFAULT_OUTPUT_DIR}]")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if something would change.")
-@click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
+@click.option("--diff", "show_diff", is_flag=True,
+              help="Show what changes, secrets masked, and write it; --check --diff previews "
+                   "without writing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report (files, services to restart) as JSON, for CI.")
 @click.option("--host", help="A site with hosts: render this host's share.")
 @click.option("--all-hosts", is_flag=True, help="A site with hosts: render every host's share "
               "into DIRECTORY/hosts/NAME/.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool, as_json: bool,
-           host: str | None, all_hosts: bool) -> int:
-    """Render systemd units, Celery and Flower config for a site file."""
+@click.option("--force", is_flag=True,
+              help="Render even over another project's rendered site (its files are removed).")
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged files too.")
+def render(site: Path, directory: Path | None, output_dir: Path | None, check: bool,
+           show_diff: bool, as_json: bool, host: str | None, all_hosts: bool, force: bool,
+           verbose: bool) -> int:
+    """Render systemd units, Celery and Flower config for a site file into DIRECTORY."""
     from crate_deploy.commands.render import render_command
 
-    return render_command(site, output_dir, check=check, show_diff=show_diff,
-                          as_json=as_json, host=host, all_hosts=all_hosts)
+    if directory and output_dir and directory != output_dir:
+        raise UsageError(f"two output directories ({directory} and -o {output_dir}): give one")
+    return render_command(site, directory or output_dir or DEFAULT_OUTPUT_DIR, check=check,
+                          show_diff=show_diff, as_json=as_json, host=host,
+                          all_hosts=all_hosts, force=force, verbose=verbose)
 
 
 @cli.command()
@@ -98,13 +118,22 @@ def schema(markdown: bool, example: Path | None) -> int:
               help="Install the units into systemd, enable and start the target.")
 @click.option("--user", is_flag=True, help="With --systemd: user units (~/.config/systemd/user).")
 @click.option("--root", type=click.Path(path_type=Path, file_okay=False),
-              help="With --systemd: install into this root offline (systemctl --root).")
+              help="With --systemd: install into this root offline (systemctl --root); "
+                   "created when missing.")
 def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
            root: Path | None) -> int:
     """Run the rendered fleet in the foreground (or install it into systemd)."""
     if use_systemd:
         from crate_deploy.run.install import install_command
 
+        if root is not None and not user and not root.exists():
+            # An image is built into an empty tree: make it, as `systemctl --root` expects one.
+            try:
+                root.mkdir(parents=True)
+                root.chmod(0o755)  # a root directory's mode, whatever the caller's umask
+            except OSError as exc:
+                raise UsageError(f"--root {root}: cannot create it ({exc.strerror})") from None
+            click.echo(f"created {root}", err=True)
         return install_command(directory, user=user, root=root, timeout=timeout)
     if user or root:
         raise UsageError("--user and --root go with --systemd")
@@ -159,16 +188,30 @@ def drift(directory: Path, site_path: Path | None, root: Path | None, as_json: b
 
 
 @cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.argument("queues", nargs=-1)
-@click.option("-C", "--directory", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_OUTPUT_DIR, show_default=True, help="The render directory.")
+@click.option("-C", "--directory", "old_directory", hidden=True,
+              type=click.Path(path_type=Path, file_okay=False))
 @click.option("--to", help="Move to this queue instead of the one each task came from.")
 @click.option("--dry-run", is_flag=True, help="List what is parked; move nothing.")
-def requeue(queues: tuple[str, ...], directory: Path, to: str | None, dry_run: bool) -> int:
-    """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them."""
+def requeue(directory: Path | None, queues: tuple[str, ...], old_directory: Path | None,
+            to: str | None, dry_run: bool) -> int:
+    """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them.
+
+    DIRECTORY is the render directory, as for every command (default crate-deploy-out);
+    QUEUES are the queues to requeue (default: every queue with dead_letter: true)."""
     from crate_deploy.inspect.requeue import requeue_command
 
-    return requeue_command(directory, queues, to=to, dry_run=dry_run)
+    if old_directory is not None:  # -C DIR: the old spelling, still understood
+        click.echo("note: -C is deprecated: give the directory first, as for every command "
+                   "(crate-deploy requeue DIRECTORY [QUEUE]...)", err=True)
+        queues = (*([str(directory)] if directory else []), *queues)
+        directory = old_directory
+    elif directory is not None and not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory: requeue takes the render directory "
+                         "first, as every command does (crate-deploy requeue DIRECTORY "
+                         "[QUEUE]...)")
+    return requeue_command(directory or DEFAULT_OUTPUT_DIR, queues, to=to, dry_run=dry_run)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -64,3 +65,65 @@ def test_no_traceback_from_the_real_program(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"{broken}:1:10: the site file is not valid UTF-8")
+
+
+def test_validate_takes_no_output_directory(run_cli: Callable[..., Result]) -> None:
+    result = run_cli("validate", EXAMPLES / "minimal.yaml", "-o", "somewhere")
+    assert result.code == 2
+    assert "No such option '-o'" in result.err
+
+
+def test_help_lists_every_command_without_cutting_its_description() -> None:
+    result = subprocess.run([sys.executable, "-m", "crate_deploy", "--help"],
+                            capture_output=True, text=True, check=True, cwd=ROOT,
+                            env={**os.environ, "COLUMNS": "60"})
+    listing = " ".join(result.stdout.split("Commands:")[1].split())
+    assert "..." not in listing
+    assert ("render Render systemd units, Celery and Flower config for a site file into "
+            "DIRECTORY.") in listing
+    assert "status Say what is up and what each queue holds; exit 1 unless everything is " \
+           "up." in listing
+
+
+def test_shell_completion_as_the_readme_says() -> None:
+    """README: eval "$(_CRATE_DEPLOY_COMPLETE=bash_source crate-deploy)"."""
+    script = subprocess.run([sys.executable, "-m", "crate_deploy"], capture_output=True,
+                            text=True, check=True, cwd=ROOT,
+                            env={**os.environ, "_CRATE_DEPLOY_COMPLETE": "bash_source"})
+    assert "complete -o nosort -F" in script.stdout
+    words = subprocess.run([sys.executable, "-m", "crate_deploy"], capture_output=True,
+                           text=True, check=True, cwd=ROOT,
+                           env={**os.environ, "_CRATE_DEPLOY_COMPLETE": "bash_complete",
+                                "COMP_WORDS": "crate-deploy re", "COMP_CWORD": "1"})
+    assert words.stdout.split() == ["plain,render", "plain,requeue"]
+
+
+def test_requeue_takes_the_directory_first(run_cli: Callable[..., Result],
+                                           tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    not_a_directory = run_cli("requeue", "work", missing)
+    assert not_a_directory.code == 2
+    assert not_a_directory.err == (
+        "crate-deploy: error: work is not a directory: requeue takes the render directory "
+        "first, as every command does (crate-deploy requeue DIRECTORY [QUEUE]...)\n")
+    old_spelling = run_cli("requeue", "work", "-C", missing)
+    assert old_spelling.err.startswith("note: -C is deprecated: give the directory first")
+    assert f"no rendered site in {missing}" in old_spelling.err
+    positional = run_cli("requeue", tmp_path)
+    assert positional.code == 2 and f"no rendered site in {tmp_path}" in positional.err
+
+
+def test_launch_root_is_created_when_missing(run_cli: Callable[..., Result],
+                                             write_site: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    out, root = tmp_path / "out", tmp_path / "image" / "root"
+    assert run_cli("render", write_site(MINIMAL), out).code == 0
+    result = run_cli("launch", out, "--systemd", "--root", root)
+    assert result.err.splitlines()[0] == f"created {root}"
+    assert root.is_dir() and root.stat().st_mode & 0o777 == 0o755
+    assert "No such directory" not in result.err
+    (tmp_path / "file").write_text("")
+    blocked = run_cli("launch", out, "--systemd", "--root", tmp_path / "file" / "root")
+    assert blocked.code == 2
+    assert blocked.err == (f"crate-deploy: error: --root {tmp_path / 'file' / 'root'}: cannot "
+                           "create it (Not a directory)\n")

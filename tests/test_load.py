@@ -32,8 +32,9 @@ def test_duplicate_keys_are_refused_with_both_lines() -> None:
         "s.yaml:2:1: project: duplicate key (first given on line 1)"]
 
 
-def test_syntax_error_has_position() -> None:
-    assert problems(b"a: [1, 2\nb: 3\n")[0].startswith("s.yaml:2:")
+def test_syntax_error_is_at_the_mistake_not_where_yaml_noticed_it() -> None:
+    assert problems(b"a: [1, 2\nb: 3\n") == [
+        "s.yaml:1:4: this '[' is never closed: end the list with ']' on the same line"]
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -37,14 +37,14 @@ def test_created_then_unchanged_then_changed_then_removed(
     assert set(statuses(first).values()) == {"created"}
     before = snapshot(out)
 
-    again = run_cli("render", site, "-o", out)
+    again = run_cli("render", site, "-o", out, "-v")  # -v lists the unchanged files
     assert set(statuses(again).values()) == {"unchanged"}
     assert snapshot(out) == before  # nothing rewritten: same bytes, same mtimes
 
     site.write_text(site.read_text().replace("concurrency", "x").replace(
         "queues: [celery]", "queues: [celery]\n    concurrency: 3").replace(
         "beat: {enabled: true}", "beat: {enabled: false}"))
-    third = run_cli("render", site, "-o", out)
+    third = run_cli("render", site, "-o", out, "--verbose")
     assert third.code == 0, third.err
     found = statuses(third)
     assert found["demo-worker-default.service"] == "changed"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from crate_deploy.commands.provenance import recorded_site_path
 from crate_deploy.commands.render import render_in_memory
 from crate_deploy.commands.review import service_lines
 from crate_deploy.errors import UsageError
@@ -89,7 +90,7 @@ def drift_command(directory: Path, *, site_path: Path | None, root: Path | None,
 def find_drift(directory: Path, *, site_path: Path | None, root: Path | None) -> DriftReport:
     deployment = load_deployment(directory)
     source = _recorded_source(directory)
-    site_path = site_path or Path(source)
+    site_path = site_path or recorded_site_path(directory) or Path(source)
     if not site_path.is_file():
         raise UsageError(f"the site file {site_path} (as the last render named it) is not "
                          "there: give its path with --site")

@@ -9,16 +9,22 @@ from pathlib import Path
 import click
 
 from crate_deploy.commands.hosts import render_shares, stale_hosts
+from crate_deploy.commands.provenance import (
+    record_site_path,
+    refuse_foreign_site,
+    source_name,
+)
 from crate_deploy.commands.review import (
     echo_service_changes,
     json_report,
     rendered_service_changes,
 )
 from crate_deploy.errors import CrateDeployError, UsageError
-from crate_deploy.plan.names import DEPLOYMENT_FILE
+from crate_deploy.plan.names import DEFAULT_OUTPUT_DIR, DEPLOYMENT_FILE
 from crate_deploy.render import Rendering, render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
+from crate_deploy.site.sandbox import hidden_by_sandbox
 from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
@@ -27,8 +33,10 @@ from crate_deploy.write import FileChange, apply_changes, plan_changes
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
 
-def validate_command(site_path: Path, output_dir: Path) -> int:
-    validated, versions = _validated(site_path, output_dir)
+def validate_command(site_path: Path) -> int:
+    # The probe of the target's versions is cached in a render's deployment.json; validate
+    # takes no output directory, so it reuses the default one's cache when there is one.
+    validated, versions = _validated(site_path, DEFAULT_OUTPUT_DIR)
     site = validated.site
     click.echo(f"{site_path}: valid ({len(site.workers)} worker pool(s), {len(site.queues)} "
                f"queue(s); for Celery {versions.celery}, {versions.source})")
@@ -36,14 +44,16 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
 
 
 def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
-                   as_json: bool = False, host: str | None = None,
-                   all_hosts: bool = False) -> int:
+                   as_json: bool = False, host: str | None = None, all_hosts: bool = False,
+                   force: bool = False, verbose: bool = False) -> int:
     validated, versions = _validated(site_path, output_dir)
     site = validated.site
     notes = stale_hosts(site, output_dir) if all_hosts else []
     planned: list[tuple[Path, list[FileChange]]] = []
     for share, directory in render_shares(site, output_dir, host, all_hosts):
-        rendering = _render(validated, versions, site_path, directory, share=share)
+        if not force:
+            refuse_foreign_site(directory, site.project)
+        rendering = _render(validated, versions, site_path, directory, share=share, warn=True)
         notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
                   if note not in notes]
         planned.append((directory, plan_changes(directory, rendering.files)))
@@ -53,10 +63,11 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     total = sum(len(changes) for _, changes in planned)
     changed = sum(change.status != "unchanged" for _, changes in planned for change in changes)
     if not as_json:
-        _report(planned, mask, services=check or show_diff, site=site)
+        _report(planned, mask, services=check or show_diff, site=site, verbose=verbose)
     if not check:
         for directory, changes in planned:
             apply_changes(directory, changes)
+            record_site_path(directory, site_path)
     if as_json:  # once written, so that "written": true is true
         click.echo(_json_reports(site, planned, written=not check, mask=mask))
     elif check:
@@ -68,11 +79,13 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
 
 
 def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None, *,
-            services: bool, site: Site) -> None:
-    """Each file's status (and its diff, secrets masked, with --diff); with --check or
-    --diff, what launch --systemd would then restart in each directory."""
+            services: bool, site: Site, verbose: bool) -> None:
+    """Each changed file's status (and its diff, secrets masked, with --diff; unchanged
+    ones only with -v); with --check or --diff, what launch --systemd would then restart."""
     for directory, changes in planned:
         for change in changes:
+            if change.status == "unchanged" and not verbose:
+                continue  # counted in the summary line
             status = click.style(f"{change.status:>9}", fg=_COLOURS[change.status])
             click.echo(f"{status}  {directory / change.path}")
             if mask is not None and change.status != "unchanged":
@@ -97,18 +110,22 @@ def render_in_memory(site_path: Path, output_dir: Path, source: str | None = Non
                      share: str | None = None,
                      ) -> tuple[ValidatedSite, TargetVersions, Rendering]:
     """Validate and render the site (or one host's share) for output_dir, writing
-    nothing. `source` is the site's name in the files' headers (default: site_path)."""
+    nothing. `source` is the site's name in the files' headers (default: its file name)."""
     validated, versions = _validated(site_path, output_dir)
     rendering = _render(validated, versions, site_path, output_dir, source, share)
     return validated, versions, rendering
 
 
 def _render(validated: ValidatedSite, versions: TargetVersions, site_path: Path,
-            directory: Path, source: str | None = None, share: str | None = None) -> Rendering:
+            directory: Path, source: str | None = None, share: str | None = None,
+            warn: bool = False) -> Rendering:
     site = validated.site
     config_dir = site.paths.config_dir or _plain_config_dir(directory)
+    if warn and site.paths.config_dir is None:
+        _warn_if_hidden(site, config_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
-    return render_site(site, source or str(site_path), config_dir, versions, stamp, share)
+    return render_site(site, source or source_name(site_path), config_dir, versions, stamp,
+                       share)
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:
@@ -131,6 +148,17 @@ def _plain_config_dir(output_dir: Path) -> str:
                          "hold (spaces, '%', quotes ...): render with -o into a plain path, or "
                          "set paths.config_dir in the site file")
     return path
+
+
+def _warn_if_hidden(site: Site, config_dir: str) -> None:
+    """The output directory is the units' config_dir by default: systemd's sandbox may
+    hide it (a render into ~/out or /tmp/out), which sandbox.py cannot see in the site."""
+    hidden = hidden_by_sandbox(site, config_dir)
+    if hidden is not None:
+        click.echo(f"warning: the output directory {config_dir} is the units' config_dir "
+                   f"(paths.config_dir is unset) and is under {hidden[0]}, so under systemd "
+                   "the services cannot read their config there: render into another "
+                   "directory, or set paths.config_dir", err=True)
 
 
 def _masker(site: Site) -> Masker:

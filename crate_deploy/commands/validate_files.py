@@ -13,11 +13,11 @@ from crate_deploy.commands.render import validate_command
 from crate_deploy.errors import Problem, SiteError
 
 
-def validate_files_command(sites: list[Path], output_dir: Path) -> int:
+def validate_files_command(sites: list[Path]) -> int:
     problems: list[Problem] = []
     for site in sites:
         try:
-            validate_command(site, output_dir)
+            validate_command(site)
         except SiteError as exc:
             problems.extend(exc.problems)
     if problems:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from crate_deploy.state.deployment import (
     masker_for,
     read_secrets,
 )
-from crate_deploy.state.launch import read_launch_state
+from crate_deploy.state.launch import read_launch_state, started_at
 
 
 def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> int:
@@ -68,11 +70,13 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     return _finish(report, as_json, mask, up=up)
 
 
-def _processes(deployment: Deployment) -> dict[str, str]:
-    """Each service's state: from a foreground launch's state file, else from systemd."""
+def _processes(deployment: Deployment) -> dict[str, dict[str, Any]]:
+    """Each service's state, main pid and since when (ISO 8601, UTC): from a foreground
+    launch's state file, else from systemd."""
     state = read_launch_state(deployment)
     if state is not None:
-        return {name: ("running" if alive else "stopped") + f" (pid {pid})"
+        return {name: {"state": "running" if alive else "stopped", "pid": pid,
+                       "since": _iso(started_at(pid)) if alive else None}
                 for name, (pid, alive) in state.items()}
     if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
         scope = ["--user"] if deployment.site.systemd.scope == "user" else []
@@ -80,15 +84,29 @@ def _processes(deployment: Deployment) -> dict[str, str]:
     return {}
 
 
-def _unit_state(unit: str, scope: list[str]) -> str:
-    result = subprocess.run(["systemctl", *scope, "show", "--property=ActiveState,SubState",
-                             "--value", unit], capture_output=True, text=True, check=False)
-    return " ".join(result.stdout.split()) or "unknown"
+def _unit_state(unit: str, scope: list[str]) -> dict[str, Any]:
+    # The monotonic timestamp, not ActiveEnterTimestamp: its text form depends on the
+    # locale and time zone, and --timestamp=unix needs systemd 251.
+    result = subprocess.run(["systemctl", *scope, "show", "--property=ActiveState,SubState,"
+                             "MainPID,ActiveEnterTimestampMonotonic", unit],
+                            capture_output=True, text=True, check=False)
+    found = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+    pid = int(found.get("MainPID") or 0)
+    entered = int(found.get("ActiveEnterTimestampMonotonic") or 0)  # microseconds
+    since = time.time() - (time.monotonic() - entered / 1e6) if entered else None
+    return {"state": found.get("ActiveState") or "unknown", "sub_state": found.get("SubState"),
+            "pid": pid or None, "since": _iso(since)}
 
 
-def _beat_up(deployment: Deployment, processes: dict[str, str]) -> bool:
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+
+
+def _beat_up(deployment: Deployment, processes: dict[str, dict[str, Any]]) -> bool:
     beat = next((name for name in processes if "-beat" in name), None)
-    return beat is not None and processes[beat].startswith(("running", "active"))
+    return beat is not None and processes[beat]["state"] in ("running", "active")
 
 
 def _finish(report: dict[str, Any], as_json: bool, mask: Masker, *, up: bool) -> int:
@@ -101,29 +119,43 @@ def _finish(report: dict[str, Any], as_json: bool, mask: Masker, *, up: bool) ->
 
 
 def _text(report: dict[str, Any]) -> str:
+    """The report as aligned columns: KIND  NAME  STATE  DETAIL."""
     lines = [f"{report['project']}: {'all up' if report['up'] else 'NOT all up'}"]
     broker = report["broker"]
     if not broker["reachable"]:
         lines.append(f"broker   DOWN  {broker['error']}")
         return "\n".join(lines)
-    lines.append(f"broker   up    {', '.join(broker['urls'])}")
+    rows = [("broker", "", "up", ", ".join(broker["urls"]))]
     for pool in report["pools"]:
         state = "up" if pool["up"] else ("WRONG QUEUES" if pool["answering"] else "DOWN")
-        lines.append(f"pool     {pool['name']:<12} {state:<5} {pool['node']}  queues: "
-                     f"{', '.join(pool['queues']) or '-'} (site: {', '.join(pool['expected'])})")
-    lines.append(f"{'queue':<24} {'ready':>7} {'unacked':>8} {'consumers':>10}")
+        rows.append(("pool", pool["name"], state, f"{pool['node']}  queues: "
+                     f"{', '.join(pool['queues']) or '-'} (site: {', '.join(pool['expected'])})"))
+    if "beat" in report:
+        rows.append(("beat", "", "up" if report["beat"]["up"] else "DOWN", ""))
+    if report["flower"]:
+        flower = report["flower"]
+        rows.append(("flower", "", "up" if flower["up"] else "DOWN",
+                     f"{flower['url']}  {flower['detail']}"))
+    for name, process in report["processes"].items():
+        detail = f"pid {process['pid']}" if process["pid"] else ""
+        if process["since"]:
+            detail += f"  since {process['since']}"
+        rows.append(("process", name, process["state"], detail))
+    lines.extend(_columns(rows))
+    lines.append("")
+    width = max([len("queue"), *(len(queue["name"]) for queue in report["queues"])])
+    lines.append(f"{'queue':<{width}} {'ready':>7} {'unacked':>8} {'consumers':>10}")
     for queue in report["queues"]:
         ready = "-" if queue["ready"] is None else queue["ready"]
         consumers = "-" if queue["consumers"] is None else queue["consumers"]
         note = f"  ({queue['error']})" if queue["error"] else ""
-        lines.append(f"{queue['name']:<24} {ready:>7} {queue['unacked']:>8} {consumers:>10}{note}")
-    if "beat" in report:
-        lines.append(f"beat     {'up' if report['beat']['up'] else 'DOWN'}")
-    if report["flower"]:
-        flower = report["flower"]
-        lines.append(f"flower   {'up' if flower['up'] else 'DOWN':<5} {flower['url']}  "
-                     f"{flower['detail']}")
-    for name, state in report["processes"].items():
-        lines.append(f"process  {name:<36} {state}")
+        lines.append(f"{queue['name']:<{width}} {ready:>7} {queue['unacked']:>8} "
+                     f"{consumers:>10}{note}")
     lines.extend(host_lines(report.get("hosts", [])))
     return "\n".join(lines)
+
+
+def _columns(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return [f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {state:<{widths[2]}}  {detail}".rstrip()
+            for kind, name, state, detail in rows]

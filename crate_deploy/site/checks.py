@@ -6,7 +6,7 @@ Field-level rules live in model.py; pydantic has already enforced them when thes
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from urllib.parse import urlsplit
 
 from crate_deploy.site.hosts import host_findings
@@ -30,13 +30,13 @@ PREFORK_ONLY = ("max_tasks_per_child", "max_memory_per_child", "soft_time_limit"
 STOP_MARGIN = 30.0
 
 
-def check_site(site: Site) -> list[Finding]:
-    """Every cross-field problem in the site, errors and warnings, in file order."""
+def check_site(site: Site, skip: Collection[str] = ()) -> list[Finding]:
+    """Every cross-field problem in the site, errors and warnings; `skip` names rules
+    (keys of RULES) whose input is incomplete because some of it did not validate."""
     findings: list[Finding] = []
-    for rule in (_unique_names, _queue_references, _unused_queues, _pool_options,
-                 _stop_timeouts, _extra_args, _failover, _flower, _secrets, _executable,
-                 _schedule, _environment, host_findings):
-        findings.extend(rule(site))
+    for name, rule in RULES.items():
+        if name not in skip:
+            findings.extend(rule(site))
     return findings
 
 
@@ -242,3 +242,12 @@ def _same_host(host: str | None, address: str) -> bool:
 
 def _fmt(loc: Loc) -> str:
     return format_loc(loc)
+
+
+RULES: dict[str, Callable[[Site], Iterator[Finding]]] = {
+    "unique names": _unique_names, "queue references": _queue_references,
+    "unused queues": _unused_queues, "pool options": _pool_options,
+    "stop timeouts": _stop_timeouts, "extra args": _extra_args, "failover": _failover,
+    "flower": _flower, "secrets": _secrets, "executable": _executable,
+    "schedule": _schedule, "environment": _environment, "hosts": host_findings,
+}

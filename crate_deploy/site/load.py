@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from crate_deploy.errors import Problem, SiteError
+from crate_deploy.site.yaml_errors import explain
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_VALUES = 100_000
@@ -87,7 +88,9 @@ def parse_site(raw: bytes, name: str) -> LoadedSite:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        raise SiteError([_yaml_problem(exc, name)]) from None
+        explained = explain(exc, text)
+        raise SiteError([Problem(name, explained.line, explained.column, "",
+                                 explained.message)]) from None
     except yaml.YAMLError as exc:
         raise SiteError([Problem(name, 1, 1, "", f"invalid YAML: {exc}")]) from None
     site = LoadedSite(name, None)
@@ -122,13 +125,6 @@ def _refuse_control_characters(text: str, name: str) -> None:
         code = ord(found.group())
         message = f"control character U+{code:04X} is not allowed in a site file"
         raise SiteError([Problem(name, line, column, "", message)])
-
-
-def _yaml_problem(exc: yaml.MarkedYAMLError, name: str) -> Problem:
-    mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    what = " ".join(part for part in (exc.context, exc.problem) if part)
-    return Problem(name, line, column, "", f"invalid YAML: {what}")
 
 
 class _Builder:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import posixpath
 import re
+from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from crate_deploy.site.cron import check_cron_field
 
 # Names become parts of unit names, file names, node names and Python strings.
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
@@ -111,7 +114,9 @@ def _secret_reference(value: str) -> str:
 
 
 # No ';': kombu would split it into failover URLs behind our checks (give a list instead).
-URL_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f'\"\\;]+$"
+# The quote is not escaped: \" is a Python-only escape, which ECMA-262 (the schema's regex
+# dialect, compiled by editors in unicode mode) refuses. Patterns here must be both.
+URL_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f'" + '"' + r"\\;]+$"
 Url = Annotated[str, StringConstraints(pattern=URL_PATTERN, max_length=2000),
                 AfterValidator(_no_literal_password)]
 BrokerUrl = Annotated[Url, AfterValidator(_broker_scheme)]
@@ -226,19 +231,29 @@ class Worker(Strict):
     """More `celery worker` options, one per item (not those crate-deploy sets itself)."""
 
 
+# Crontab fields: the characters by pattern (what the schema shows), the meaning by cron.py.
+_CronText = Annotated[str, StringConstraints(pattern=CRON_PATTERN, max_length=100)]
+CronMinute = Annotated[_CronText, AfterValidator(partial(check_cron_field, "minute"))]
+CronHour = Annotated[_CronText, AfterValidator(partial(check_cron_field, "hour"))]
+CronDayOfWeek = Annotated[str, StringConstraints(pattern=r"^[0-9a-z*/,-]+$", max_length=100),
+                          AfterValidator(partial(check_cron_field, "day_of_week"))]
+CronDayOfMonth = Annotated[_CronText, AfterValidator(partial(check_cron_field, "day_of_month"))]
+CronMonth = Annotated[_CronText, AfterValidator(partial(check_cron_field, "month_of_year"))]
+
+
 class Cron(Strict):
     """Like Celery's crontab(): each field takes cron syntax ("0", "*/15", "1-5")."""
 
-    minute: Annotated[str, StringConstraints(pattern=CRON_PATTERN, max_length=100)] = "*"
-    """Cron minute field."""
-    hour: Annotated[str, StringConstraints(pattern=CRON_PATTERN, max_length=100)] = "*"
-    """Cron hour field."""
-    day_of_week: Annotated[str, StringConstraints(pattern=r"^[0-9a-z*/,-]+$", max_length=100)] = "*"
-    """Cron day-of-week field (0-6 or mon-sun)."""
-    day_of_month: Annotated[str, StringConstraints(pattern=CRON_PATTERN, max_length=100)] = "*"
-    """Cron day-of-month field."""
-    month_of_year: Annotated[str, StringConstraints(pattern=CRON_PATTERN, max_length=100)] = "*"
-    """Cron month field."""
+    minute: CronMinute = "*"
+    """Cron minute field (0-59)."""
+    hour: CronHour = "*"
+    """Cron hour field (0-23)."""
+    day_of_week: CronDayOfWeek = "*"
+    """Cron day-of-week field (0-6 with 0 = sunday, or sun-sat: "mon-fri")."""
+    day_of_month: CronDayOfMonth = "*"
+    """Cron day-of-month field (1-31)."""
+    month_of_year: CronMonth = "*"
+    """Cron month field (1-12)."""
 
 
 JsonScalar = Text | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | float | bool | None

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.plan.compat import version_findings
-from crate_deploy.site.checks import check_site
+from crate_deploy.site.checks import Finding, check_site
 from crate_deploy.site.compat_keys import check_compatibility
 from crate_deploy.site.load import LoadedSite, Loc, load_site
 from crate_deploy.site.model import (
@@ -30,6 +28,9 @@ from crate_deploy.site.model import (
     USER_PATTERN,
     Site,
 )
+from crate_deploy.site.partial import Pruned, model_at, prune
+from crate_deploy.site.references import check_references
+from crate_deploy.site.sandbox import check_sandbox
 from crate_deploy.target.versions import TargetVersions
 
 _PATTERN_HINTS = {
@@ -66,32 +67,46 @@ def check_versions(validated: ValidatedSite, versions: TargetVersions) -> None:
 
 
 def validate_file(path: Path) -> ValidatedSite:
-    """Load and fully validate a site file; raises SiteError listing every problem."""
+    """Load and fully validate a site file; raises SiteError listing every problem.
+
+    Field errors and cross-checks are reported together: the cross-checks run on what
+    did validate (partial.py), so one run shows everything that can be known."""
     loaded = load_site(path)
     warnings = check_compatibility(loaded)  # `requires`, then renamed keys
-    site = _build_model(loaded)
     errors: list[Problem] = []
-    for loc, message, severity in check_site(site):
-        (errors if severity == "error" else warnings).append(
-            loaded.problem(loc, message, severity))
-    site, path_problems = _resolve_paths(site, loaded, path.parent)
-    errors.extend(path_problems)
-    if errors:
+    pruned: Pruned | None
+    try:
+        pruned = Pruned(Site.model_validate(loaded.data))
+    except ValidationError as exc:
+        errors, pruned = _model_problems(loaded, exc), prune(loaded.data, _error_loc)
+    site = None
+    if pruned is not None:
+        site, path_problems = _resolve_paths(pruned.site, loaded, path.parent)
+        errors.extend(path_problems)
+        for loc, message, severity in pruned.findings(_findings(site, pruned)):
+            (errors if severity == "error" else warnings).append(
+                loaded.problem(loc, message, severity))
+    if errors or site is None:
         raise SiteError(sorted(errors, key=lambda p: (p.line, p.column)) + warnings)
     return ValidatedSite(site, path, warnings, loaded)
 
 
-def _build_model(loaded: LoadedSite) -> Site:
-    try:
-        return Site.model_validate(loaded.data)
-    except ValidationError as exc:
-        by_place: dict[Loc, list[ErrorDetails]] = {}
-        for error in exc.errors(include_url=False):
-            place = _data_loc(error["loc"], loaded.data, error["type"] == "missing")
-            by_place.setdefault(place, []).append(error)
-        problems = [loaded.problem(loc, _place_message(errors, loc))
-                    for loc, errors in by_place.items()]
-        raise SiteError(sorted(problems, key=lambda p: (p.line, p.column))) from None
+def _findings(site: Site, pruned: Pruned) -> list[Finding]:
+    """Every cross-check: within the site, its secrets file, and the units' sandbox."""
+    return [*check_site(site, skip=pruned.skipped_rules()), *check_references(site),
+            *check_sandbox(site)]
+
+
+def _model_problems(loaded: LoadedSite, exc: ValidationError) -> list[Problem]:
+    """pydantic's errors, one per place in the file."""
+    by_place: dict[Loc, list[ErrorDetails]] = {}
+    for error in exc.errors(include_url=False):
+        by_place.setdefault(_error_loc(error, loaded.data), []).append(error)
+    return [loaded.problem(loc, _place_message(errors, loc)) for loc, errors in by_place.items()]
+
+
+def _error_loc(error: ErrorDetails, data: Any) -> Loc:
+    return _data_loc(error["loc"], data, error["type"] == "missing")
 
 
 def _data_loc(loc: tuple[int | str, ...], data: Any, missing: bool) -> Loc:
@@ -159,37 +174,12 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
 
 def _unknown_key(loc: Loc) -> str:
     key = str(loc[-1])
-    allowed = _fields_at(Site, loc[:-1])
+    model = model_at(Site, loc[:-1])
+    allowed = list(model.model_fields) if model else []
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"unknown key {key!r}; did you mean {close[0]!r}?"
     return f"unknown key {key!r}; allowed here: {', '.join(allowed)}"
-
-
-def _fields_at(model: Any, loc: Loc) -> list[str]:
-    """The keys a model accepts at `loc`, found by following the model's annotations."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue  # list items: _model_in looks through list[...] annotations
-        found = _model_in(current)
-        if found is None or part not in found.model_fields:
-            return []
-        current = found.model_fields[part].annotation
-    found = _model_in(current)
-    return list(found.model_fields) if found else []
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (list, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
 
 
 def _resolve_paths(site: Site, loaded: LoadedSite, base: Path) -> tuple[Site, list[Problem]]:

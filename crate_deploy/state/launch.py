@@ -76,6 +76,18 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def started_at(pid: int) -> float | None:
+    """When the process started, as a Unix time (for status's "since")."""
+    ticks = _start_time(pid)
+    try:
+        stat = Path("/proc/stat").read_text(encoding="ascii", errors="replace")
+        boot = next(int(line.split()[1]) for line in stat.splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -82,13 +82,13 @@ def test_requeue_lists_then_moves_every_parked_task(run_cli: Callable[..., Resul
     park(vhost, 5)
     assert depth(vhost, "work.dead") == 5
 
-    listed = run_cli("requeue", "--dry-run", "-C", out)
+    listed = run_cli("requeue", out, "--dry-run")
     assert listed.code == 0, listed.err
     assert "work.dead: 5 message(s) -> work" in listed.out
     assert "task-0 rqapp.poison (dead-lettered: rejected)" in listed.out
     assert depth(vhost, "work.dead") == 5 and depth(vhost, "work") == 0
 
-    moved = run_cli("requeue", "work", "-C", out)
+    moved = run_cli("requeue", out, "work")
     assert moved.code == 0, moved.err
     assert "work.dead -> work: moved 5 message(s)" in moved.out
     assert depth(vhost, "work.dead") == 0 and depth(vhost, "work") == 5
@@ -103,17 +103,18 @@ def test_requeue_to_another_queue_and_bad_names(run_cli: Callable[..., Result],
                                                 tmp_path: Path, vhost: str) -> None:
     out = render_site(run_cli, tmp_path, vhost)
     park(vhost, 2)
-    bad = run_cli("requeue", "other", "-C", out)
+    bad = run_cli("requeue", out, "other")
     assert bad.code == 2
     assert "'other' is not a queue with dead_letter: true (those are: work)" in bad.err
-    missing = run_cli("requeue", "--to", "other", "-C", out)
+    missing = run_cli("requeue", out, "--to", "other")
     assert missing.code == 1
     assert ("queue other does not exist yet (the first worker consuming it declares it); "
             "nothing was moved from work.dead") in missing.err
     assert depth(vhost, "work.dead") == 2
     with Connection(amqp_url(vhost)) as connection:
         Queue("other", channel=connection.default_channel).declare()
-    moved = run_cli("requeue", "--to", "other", "-C", out)
+    moved = run_cli("requeue", "--to", "other", "-C", out)  # the old spelling still works
     assert moved.code == 0, moved.err
+    assert "note: -C is deprecated: give the directory first" in moved.err
     assert "work.dead -> other: moved 2 message(s)" in moved.out
     assert depth(vhost, "other") == 2

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,12 @@ def test_status_reports_depths_and_sees_a_killed_worker_come_back(demo_site: Any
         assert report["flower"]["up"] is True
         assert report["beat"] == {"up": True}
         pids = launch.pids()
-        assert report["processes"] == {name: f"running (pid {pid})" for name, pid in pids.items()}
+        processes = report["processes"]
+        assert {name: (process["state"], process["pid"]) for name, process in
+                processes.items()} == {name: ("running", pid) for name, pid in pids.items()}
+        for process in processes.values():  # an ISO 8601 time, since this launch began
+            started = datetime.fromisoformat(process["since"])
+            assert timedelta(0) <= datetime.now(timezone.utc) - started < timedelta(hours=1)
 
         # SIGKILL the slow worker's main process: its tasks go back to the queue, the
         # launch restarts it (Restart=on-failure, RestartSec=5s), status sees it back.
@@ -91,7 +97,8 @@ def test_status_reports_depths_and_sees_a_killed_worker_come_back(demo_site: Any
         if launch.pids()["demo-worker-slow"] == old:  # status ran before the restart
             assert code == 1 and report["up"] is False
             assert not next(p for p in report["pools"] if p["name"] == "slow")["answering"]
-            assert report["processes"]["demo-worker-slow"] == f"stopped (pid {old})"
+            assert report["processes"]["demo-worker-slow"] == {"state": "stopped", "pid": old,
+                                                               "since": None}
             assert _queue(report, QUEUES["slow"])["consumers"] == 0
 
         def back() -> dict[str, Any] | None:
@@ -101,7 +108,8 @@ def test_status_reports_depths_and_sees_a_killed_worker_come_back(demo_site: Any
         report = wait_for(back, 30, interval=0.5, what="status to show the worker back")
         new = launch.pids()["demo-worker-slow"]
         assert new != old
-        assert report["processes"]["demo-worker-slow"] == f"running (pid {new})"
+        slow = report["processes"]["demo-worker-slow"]
+        assert (slow["state"], slow["pid"]) == ("running", new)
         assert next(p for p in report["pools"] if p["name"] == "slow")["node"] == node("slow")
         assert "demo-worker-slow was killed by SIGKILL; restarting in 5.0s" in launch.log()
 
