@@ -10,7 +10,7 @@ SIGKILLed too, as systemd does, so nothing outlives the supervisor.  Children
 that leave the group with setsid() escape this; systemd's cgroups would not
 let them, a process group is the closest a foreground run gets.
 
-The rules it follows (Restart=, the backoff, the start limit, how exits are
+The rules it follows (Restart= after RestartSec=, the start limit, how exits are
 classified and printed) live in crate_deploy.run.policy.
 """
 
@@ -31,9 +31,7 @@ from types import FrameType
 from typing import IO, Any
 
 from crate_deploy.run.policy import (
-    BACKOFF_CAP_SEC,
     CLEAN_SIGNALS,
-    STABLE_AFTER_SEC,
     SYSTEM_NAME,
     CrashLoop,
     ExitKind,
@@ -46,17 +44,14 @@ from crate_deploy.run.policy import (
     classify_exit,
     describe_returncode,
     process_spec_from_service,
-    restart_delay,
     should_restart,
     signal_name,
 )
 
 __all__ = [
-    "BACKOFF_CAP_SEC",
     "CLEAN_SIGNALS",
     "EXIT_CHDIR",
     "EXIT_EXEC",
-    "STABLE_AFTER_SEC",
     "SYSTEM_NAME",
     "TAIL_LINES",
     "CrashLoop",
@@ -70,7 +65,6 @@ __all__ = [
     "classify_exit",
     "describe_returncode",
     "process_spec_from_service",
-    "restart_delay",
     "should_restart",
     "stop_on_signals",
 ]
@@ -93,7 +87,6 @@ class _Child:
     popen: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
     started_at: float = 0.0
-    quick_exits: int = 0
     restart_at: float | None = None
     stop_deadline: float | None = None
     returncode: int | None = None
@@ -121,8 +114,6 @@ class Supervisor:
         printer: LinePrinter | None = None,  # share the caller's: one lock, one column width
         on_start: Callable[[str, int], None] | None = None,
         on_exit: Callable[[str, int, bool], None] | None = None,
-        backoff_cap_sec: float = BACKOFF_CAP_SEC,
-        stable_after_sec: float = STABLE_AFTER_SEC,
     ) -> None:
         # The wake-up pipe lives as long as we do, so request_stop() never writes to a
         # descriptor that was closed and reused meanwhile.
@@ -139,7 +130,6 @@ class Supervisor:
         sink = output if output is not None else sys.stdout
         self._printer = printer if printer is not None else LinePrinter(sink, names, colour)
         self._on_start, self._on_exit = on_start, on_exit
-        self._backoff_cap, self._stable_after = backoff_cap_sec, stable_after_sec
         self._stop_requests = 0  # bumped by request_stop(), perhaps inside a signal handler
         self._stops_handled = 0
         self._stopping = False
@@ -304,7 +294,7 @@ class Supervisor:
         message = f"failed to start: {error}"
         child.tail.append(message)
         self._system(f"{child.spec.name} {message}")
-        self._after_exit(child, status, ran_for=0.0)
+        self._after_exit(child, status)
 
     # --- output ---------------------------------------------------------------------
 
@@ -360,7 +350,7 @@ class Supervisor:
         for reader in [r for r in self._readers if r.pipe is popen.stdout]:
             while self._read(reader):  # the last lines belong in the exit report
                 pass
-        self._after_exit(child, returncode, time.monotonic() - child.started_at)
+        self._after_exit(child, returncode)
 
     def _forget_pidfd(self, child: _Child) -> None:
         if child.pidfd is not None:
@@ -369,13 +359,15 @@ class Supervisor:
             os.close(child.pidfd)
             child.pidfd = None
 
-    def _after_exit(self, child: _Child, returncode: int, ran_for: float) -> None:
+    def _after_exit(self, child: _Child, returncode: int) -> None:
         spec = child.spec
         child.returncode = returncode
         restart = not self._stopping and should_restart(
             spec.restart, classify_exit(spec, returncode)
         )
-        delay = self._next_delay(child, ran_for) if restart else 0.0
+        # RestartSec= as the unit says, every time: systemd before 254 has no backoff,
+        # and the start limit below is what ends a crash loop.
+        delay = spec.restart_sec if restart else 0.0
         now = time.monotonic()
         crash_loop = restart and not child.limit.allows(now + delay)
         restart = restart and not crash_loop
@@ -392,13 +384,6 @@ class Supervisor:
             self._begin_stop()
         elif restart:
             child.restart_at = now + delay
-
-    def _next_delay(self, child: _Child, ran_for: float) -> float:
-        if ran_for >= self._stable_after:
-            child.quick_exits = 0
-        delay = restart_delay(child.spec.restart_sec, child.quick_exits, self._backoff_cap)
-        child.quick_exits += 1
-        return delay
 
     # --- stopping -------------------------------------------------------------------
 
