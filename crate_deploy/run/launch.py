@@ -22,6 +22,10 @@ from typing import Any
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.readiness import wait_until_ready
+from crate_deploy.plan.names import flower_unit
+from crate_deploy.run.failure import EarlyExits
+from crate_deploy.run.outcome import report_failure, report_not_ready
+from crate_deploy.run.preflight import check_before_start
 from crate_deploy.run.supervise import (
     LinePrinter,
     ProcessSpec,
@@ -77,6 +81,7 @@ class _Fleet:
     supervisor: Supervisor
     say: LinePrinter
     mask: Masker
+    watch: EarlyExits
 
 
 def launch_command(directory: Path, *, timeout: float) -> int:
@@ -92,13 +97,19 @@ def launch_command(directory: Path, *, timeout: float) -> int:
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
     specs = _process_specs(deployment)
+    flower = site.flower
+    check_before_start(specs, (flower_unit(site).removesuffix(".service"), flower.address,
+                               flower.port)
+                       if flower.enabled else None)
     ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
     say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
     for warning in filter(None, [secrets_file_warning(site), _identity_warning(specs)]):
         say.line(NAME, f"warning: {warning}")
     # One printer for the services and for us: one name width, one lock.
-    fleet = _Fleet(deployment, urls, secrets, Supervisor(
-        specs, printer=say, on_start=lambda name, pid: _record(fleet)), say, mask)
+    supervisor = Supervisor(specs, printer=say, on_start=lambda name, pid: _record(fleet),
+                            on_exit=lambda *exit: fleet.watch.on_exit(*exit))
+    watch = EarlyExits(supervisor.last_lines, supervisor.request_stop)
+    fleet = _Fleet(deployment, urls, secrets, supervisor, say, mask, watch)
     return _supervise(fleet, timeout)
 
 
@@ -177,8 +188,8 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
         finally:
             # Not ready, or the wait failed: stop the fleet before leaving, or its
             # processes (each in a session of its own) would outlive us unsupervised.
-            if not ready and thread.is_alive():
-                fleet.supervisor.request_stop()
+            if not ready and thread.is_alive() and fleet.watch.failure is None:
+                fleet.supervisor.request_stop()  # (a failure asked for its warm stop already)
             try:
                 while thread.is_alive():
                     thread.join(0.2)  # short joins keep signal handlers responsive
@@ -189,9 +200,11 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
 
 def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -> bool:
     ready = wait_until_ready(fleet.deployment.site, fleet.urls, fleet.secrets, fleet.mask,
-                             timeout=timeout, alive=thread.is_alive,
+                             timeout=timeout,
+                             alive=lambda: thread.is_alive() and fleet.watch.failure is None,
                              say=lambda text: fleet.say.line(NAME, text))
     if ready:
+        fleet.watch.ready.set()
         fleet.say.line(NAME, "Ctrl-C (or `crate-deploy stop`) stops the fleet warmly: "
                        "running tasks finish")
     return ready
@@ -200,15 +213,16 @@ def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -
 def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> int:
     if result is None:
         raise LaunchError("the supervisor ended without a result")
+    if fleet.watch.failure is not None:
+        return report_failure(fleet.say, NAME, fleet.watch.failure)
     if result.crash_loop is not None:
-        fleet.say.line(NAME, f"error: {result.crash_loop.describe()}")
-        return 1
+        return report_failure(fleet.say, NAME, result.crash_loop)
     if result.killed_after_timeout:
         fleet.say.line(NAME, "error: killed after the stop timeout (tasks may have been "
                        f"interrupted): {', '.join(result.killed_after_timeout)}")
         return 1
     if not ready:
-        return 1
+        return report_not_ready(fleet.say, NAME, fleet.watch, fleet.supervisor.last_lines)
     fleet.say.line(NAME, "stopped" + ("" if result.clean else " (some exits were not clean: "
                                       f"{result.exit_statuses})"))
     return 0 if result.clean else 1
