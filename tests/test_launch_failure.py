@@ -7,10 +7,11 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from crate_deploy.errors import LaunchError
+from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.run.failure import EarlyExits, classify_early_exit
 from crate_deploy.run.policy import ProcessSpec
 from crate_deploy.run.preflight import (
@@ -169,3 +170,30 @@ def test_a_taken_port_names_its_holder_and_check_before_start_names_the_service(
         with pytest.raises(LaunchError, match=r"^demo-flower cannot start: port \d+ on"):
             check_before_start([spec], ("demo-flower", "127.0.0.1", port))
     assert port_problem("127.0.0.1", port) is None
+
+
+# --- the names operator commands take --------------------------------------------------
+
+
+def test_service_names_operators_may_use(tmp_path: Path, run_cli: Any) -> None:
+    from crate_deploy.run.control import resolve_services, services_and_directory
+    from crate_deploy.state.deployment import load_deployment
+    from tests.conftest import EXAMPLES
+
+    out = tmp_path / "out"
+    assert run_cli("render", EXAMPLES / "site.yaml", "-o", out).code == 0
+    deployment = load_deployment(out)
+    everything = [name.removesuffix(".service") for name in deployment.services]
+    assert resolve_services(deployment, []) == everything
+    assert resolve_services(deployment, ["flower", "consent", "crate-beat.service"]) == [
+        "crate-worker-consent", "crate-beat", "crate-flower"]
+    with pytest.raises(UsageError, match=r"no service 'nope'.*choose from crate-worker-"):
+        resolve_services(deployment, ["nope"])
+    assert services_and_directory(["beat", str(out)], Path("x")) == (["beat"], out)
+    assert services_and_directory(["beat"], Path("x")) == (["beat"], Path("x"))
+    logs = run_cli("logs", out)
+    assert logs.code == 2 and "a foreground `crate-deploy launch` writes them" in logs.err
+    restart = run_cli("restart", "flower", out)
+    assert restart.code == 1 and "nothing launched from" in restart.err
+    only = run_cli("launch", out, "--systemd", "--only", "beat")
+    assert only.code == 2 and "--only is for a foreground launch" in only.err

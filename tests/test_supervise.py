@@ -567,3 +567,21 @@ def test_a_unit_user_is_switched_to_when_running_as_root(tmp_path: Path) -> None
     result = Supervisor([spec], output=out).run()
     assert result.exit_statuses == {"who": 0}
     assert "65534 65534" in out.getvalue()
+
+
+def test_request_restart_is_warm_and_starts_again_whatever_restart_says(
+        fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(spec("worker", GRACEFUL, restart="no", start_limit_burst=1),
+                   spec("bystander", SLEEPER))
+    fleet.output.wait_for(r"worker +\| ready")
+    first = fleet.supervisor.pids()["worker"]
+    bystander = fleet.supervisor.pids()["bystander"]
+    fleet.supervisor.request_restart(["worker", "no-such-process"])
+    fleet.output.wait_for(r"worker +\| task done")  # the running "task" finished first
+    fleet.output.wait_for(r"worker exited with code 0; restarting as asked")
+    fleet.wait_for_starts(3)
+    assert fleet.supervisor.pids()["worker"] != first
+    assert fleet.supervisor.pids()["bystander"] == bystander  # only the one asked for
+    assert fleet.exits == [("worker", 0, True)]
+    result = fleet.stop()  # a restart asked for is no crash loop, even with a burst of 1
+    assert result.crash_loop is None and result.clean

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan.names import flower_unit
+from crate_deploy.run.control import (
+    longest_stop,
+    narrowed,
+    resolve_services,
+    restart_on_signal,
+)
 from crate_deploy.run.failure import EarlyExits
+from crate_deploy.run.logs import LoggingPrinter
 from crate_deploy.run.outcome import report_failure, report_not_ready
 from crate_deploy.run.preflight import check_before_start
 from crate_deploy.run.supervise import (
@@ -84,7 +92,7 @@ class _Fleet:
     watch: EarlyExits
 
 
-def launch_command(directory: Path, *, timeout: float) -> int:
+def launch_command(directory: Path, *, timeout: float, only: Sequence[str] = ()) -> int:
     deployment = load_deployment(directory)
     site = deployment.site
     secrets = read_secrets(site)
@@ -97,12 +105,16 @@ def launch_command(directory: Path, *, timeout: float) -> int:
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
     specs = _process_specs(deployment)
+    if only:  # launch --only: these services, and readiness for these alone
+        chosen = resolve_services(deployment, only)
+        specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
     flower = site.flower
     check_before_start(specs, (flower_unit(site).removesuffix(".service"), flower.address,
                                flower.port)
                        if flower.enabled else None)
     ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
-    say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
+    say = LoggingPrinter(sink, [spec.name for spec in specs] + [NAME], deployment, mask,
+                         services=[spec.name for spec in specs])
     for warning in filter(None, [secrets_file_warning(site), _identity_warning(specs)]):
         say.line(NAME, f"warning: {warning}")
     # One printer for the services and for us: one name width, one lock.
@@ -110,7 +122,10 @@ def launch_command(directory: Path, *, timeout: float) -> int:
                             on_exit=lambda *exit: fleet.watch.on_exit(*exit))
     watch = EarlyExits(supervisor.last_lines, supervisor.request_stop)
     fleet = _Fleet(deployment, urls, secrets, supervisor, say, mask, watch)
-    return _supervise(fleet, timeout)
+    try:
+        return _supervise(fleet, timeout)
+    finally:
+        say.close()
 
 
 def stop_command(directory: Path, *, timeout: float | None = None) -> int:
@@ -121,7 +136,7 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
         print(f"{NAME}: nothing launched from {directory} is running")
         return 0
     os.kill(pid, signal.SIGTERM)
-    limit = timeout if timeout is not None else _longest_stop(deployment) + 30.0
+    limit = timeout if timeout is not None else longest_stop(deployment) + 30.0
     print(f"{NAME}: asked launch (pid {pid}) to stop; running tasks may take up to "
           f"{limit:g}s to finish")
     deadline = time.monotonic() + limit
@@ -181,7 +196,8 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
     thread = threading.Thread(target=lambda: outcome.append(fleet.supervisor.run()),
                               name="supervisor", daemon=True)
     ready = False
-    with stop_on_signals(fleet.supervisor):
+    with stop_on_signals(fleet.supervisor), \
+            restart_on_signal(fleet.deployment, fleet.supervisor.request_restart):
         thread.start()
         try:
             ready = _wait_until_ready(fleet, thread, timeout)
@@ -231,9 +247,3 @@ def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> in
 def _record(fleet: _Fleet) -> None:
     save_launch_state(fleet.deployment, fleet.supervisor.pids())
 
-
-def _longest_stop(deployment: Deployment) -> float:
-    from crate_deploy.site.checks import stop_timeout
-
-    site = deployment.site
-    return max([stop_timeout(site, worker) for worker in site.workers] + [60.0])

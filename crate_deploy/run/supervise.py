@@ -91,6 +91,7 @@ class _Child:
     stop_deadline: float | None = None
     returncode: int | None = None
     killed_after_timeout: bool = False
+    restarting: bool = False  # stopped on request_restart(): start again once it exits
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Supervisor:
         self._stop_requests = 0  # bumped by request_stop(), perhaps inside a signal handler
         self._stops_handled = 0
         self._stopping = False
+        self._restart_requests: list[str] = []  # appended to by request_restart()
         self._crash_loop: CrashLoop | None = None
         self._selector: selectors.BaseSelector = selectors.DefaultSelector()
         self._readers: list[_Reader] = []
@@ -153,6 +155,16 @@ class Supervisor:
         """
         self._stop_requests += 1
         with contextlib.suppress(OSError):  # a full pipe already wakes run()
+            os.write(self._wake_write, b"\0")
+
+    def request_restart(self, names: Iterable[str]) -> None:
+        """Restart these processes warmly, as `systemctl restart` does: the stop signal
+        (running tasks finish), then a start as soon as the process has exited.
+
+        Safe in a signal handler and from other threads, like request_stop().
+        """
+        self._restart_requests.extend(names)  # list.extend is atomic under the GIL
+        with contextlib.suppress(OSError):
             os.write(self._wake_write, b"\0")
 
     def pids(self) -> dict[str, int]:
@@ -202,6 +214,7 @@ class Supervisor:
         while any(c.popen is not None or c.restart_at is not None for c in self._children):
             self._wait(self._timeout())
             self._handle_stop_requests()
+            self._handle_restart_requests()
             self._reap_exited()
             self._fire_timers()
         deadline = time.monotonic() + _DRAIN_SEC
@@ -232,6 +245,18 @@ class Supervisor:
                 self._kill_all_now()
             else:
                 self._begin_stop()
+
+    def _handle_restart_requests(self) -> None:
+        while self._restart_requests:
+            name = self._restart_requests.pop(0)
+            child = next((c for c in self._children if c.spec.name == name), None)
+            if child is None or self._stopping:
+                continue
+            if child.popen is not None:
+                child.restarting = True
+                self._send_stop_signal(child, child.popen.pid, time.monotonic())
+            else:  # down, or waiting for RestartSec=: start it now
+                child.restart_at = time.monotonic()
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
@@ -362,6 +387,12 @@ class Supervisor:
     def _after_exit(self, child: _Child, returncode: int) -> None:
         spec = child.spec
         child.returncode = returncode
+        if child.restarting and not self._stopping:
+            child.restarting, child.restart_at = False, time.monotonic()
+            self._system(f"{spec.name} {describe_returncode(returncode)}; restarting as asked")
+            if self._on_exit is not None:
+                self._on_exit(spec.name, returncode, True)
+            return
         restart = not self._stopping and should_restart(
             spec.restart, classify_exit(spec, returncode)
         )
