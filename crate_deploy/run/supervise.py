@@ -25,10 +25,9 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 from crate_deploy.run.policy import (
     CLEAN_SIGNALS,
@@ -46,6 +45,13 @@ from crate_deploy.run.policy import (
     process_spec_from_service,
     should_restart,
     signal_name,
+)
+from crate_deploy.run.processes import (
+    has_exited,
+    identity,
+    signal_group,
+    signal_process,
+    stop_on_signals,
 )
 
 __all__ = [
@@ -272,7 +278,7 @@ class Supervisor:
                     f"{child.spec.name} still running {child.spec.timeout_stop_sec:g}s after"
                     " the stop signal: SIGKILL to its process group"
                 )
-                _signal_group(child.popen.pid, signal.SIGKILL)
+                signal_group(child.popen.pid, signal.SIGKILL)
 
     # --- starting -------------------------------------------------------------------
 
@@ -289,7 +295,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                **_identity(spec),
+                **identity(spec),
             )
         except OSError as error:
             self._spawn_failed(child, error)
@@ -362,13 +368,13 @@ class Supervisor:
 
     def _reap_exited(self) -> None:
         for child in self._children:
-            if child.popen is not None and _has_exited(child.popen.pid):
+            if child.popen is not None and has_exited(child.popen.pid):
                 self._collect(child, child.popen)
 
     def _collect(self, child: _Child, popen: subprocess.Popen[bytes]) -> None:
         # What is left of the group dies with its main process, as under systemd.  The
         # unreaped zombie still holds the group id, so no unrelated process can have it.
-        _signal_group(popen.pid, signal.SIGKILL)
+        signal_group(popen.pid, signal.SIGKILL)
         returncode = popen.wait()
         child.popen, child.stop_deadline = None, None
         self._forget_pidfd(child)
@@ -429,7 +435,7 @@ class Supervisor:
     def _send_stop_signal(self, child: _Child, pid: int, now: float) -> None:
         spec = child.spec
         mixed = spec.kill_mode == "mixed"
-        send = _signal_process if mixed else _signal_group
+        send = signal_process if mixed else signal_group
         send(pid, spec.kill_signal)
         if spec.kill_signal not in (signal.SIGKILL, signal.SIGCONT):
             send(pid, signal.SIGCONT)  # like systemd: a stopped process must wake to obey
@@ -442,14 +448,14 @@ class Supervisor:
         for child in self._children:
             if child.popen is not None:
                 self._system(f"stopping {child.spec.name} now: SIGKILL to its process group")
-                _signal_group(child.popen.pid, signal.SIGKILL)
+                signal_group(child.popen.pid, signal.SIGKILL)
 
     def _kill_everything(self) -> None:
         """Last resort when run() fails: SIGKILL every group and reap every main process."""
         for child in self._children:
             popen, child.popen = child.popen, None
             if popen is not None:
-                _signal_group(popen.pid, signal.SIGKILL)
+                signal_group(popen.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable (state D)
                     popen.wait(timeout=5)
             self._forget_pidfd(child)
@@ -465,47 +471,3 @@ class Supervisor:
         )  # fmt: skip
         statuses = {c.spec.name: c.returncode for c in children}
         return SupervisorResult(clean, statuses, self._crash_loop, timed_out)
-
-
-def _identity(spec: ProcessSpec) -> dict[str, Any]:
-    """Popen arguments that run the process as its unit's User=/Group=, as systemd would;
-    only root can switch, so anyone else runs it as themselves (launch says so)."""
-    if spec.user is None or os.geteuid() != 0:
-        return {}
-    return {"user": spec.user, "group": spec.group or spec.user, "extra_groups": []}
-
-
-@contextlib.contextmanager
-def stop_on_signals(
-    supervisor: Supervisor,
-    signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
-) -> Iterator[None]:
-    """Route these signals to supervisor.request_stop() (main thread only)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        supervisor.request_stop()
-
-    previous = {signum: signal.signal(signum, handler) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether pid has exited, without reaping it (WNOWAIT keeps the zombie)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _signal_process(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
