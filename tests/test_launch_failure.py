@@ -107,7 +107,9 @@ def test_early_exits_stop_once_and_count_until_ready() -> None:
     ready = EarlyExits(lambda name: NO_FLOWER, lambda: stops.append(2))
     ready.ready.set()
     ready.on_exit("b", 2, True)  # after ready, Restart= and the start limit decide
-    assert ready.failure is None and stops == [1]
+    stopping = EarlyExits(lambda name: PORT_TAKEN, lambda: stops.append(3), lambda: True)
+    stopping.on_exit("b", 1, False)  # what dies while the fleet stops is not the cause
+    assert ready.failure is None and stopping.failure is None and stops == [1]
 
 
 # --- preflight -------------------------------------------------------------------------

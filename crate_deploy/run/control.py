@@ -25,7 +25,13 @@ import click
 
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.run.install import manager_problem, unit_dir
-from crate_deploy.state.deployment import Deployment, load_deployment
+from crate_deploy.state.deployment import (
+    Deployment,
+    broker_urls,
+    load_deployment,
+    masker_for,
+    read_secrets,
+)
 from crate_deploy.state.launch import launcher_pid, read_launch_state
 from crate_deploy.write import remove_file, write_file_atomically
 
@@ -136,7 +142,21 @@ def _restart_foreground(deployment: Deployment, pid: int, services: list[str],
     if waiting:
         raise LaunchError(f"{', '.join(waiting)} did not start again within {limit:g}s: "
                           f"see `crate-deploy logs {waiting[0]} {deployment.directory}`")
-    return 0
+    return _wait_until_answering(deployment, running, lambda: launcher_pid(deployment) == pid)
+
+
+def _wait_until_answering(deployment: Deployment, services: list[str],
+                          alive: Callable[[], bool], timeout: float = 120.0) -> int:
+    """A new process is not a working one: wait until the restarted pools (and Flower)
+    answer, as launch does."""
+    from crate_deploy.inspect.readiness import wait_until_ready
+
+    site = narrowed(deployment, services).site
+    secrets = read_secrets(site)
+    mask = masker_for(secrets)
+    ready = wait_until_ready(site, broker_urls(site, secrets), secrets, mask, timeout=timeout,
+                             alive=alive, say=lambda text: click.echo(mask(text)))
+    return 0 if ready else 1
 
 
 def _restart_systemd(deployment: Deployment, services: list[str]) -> int:
@@ -147,7 +167,7 @@ def _restart_systemd(deployment: Deployment, services: list[str]) -> int:
         said = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
         raise LaunchError(f"`{' '.join(argv)}` failed: {said}")
     click.echo(f"restarted {', '.join(services)} (systemd)")
-    return 0
+    return _wait_until_answering(deployment, services, lambda: True)
 
 
 def _installed_in_systemd(deployment: Deployment) -> bool:

@@ -113,12 +113,13 @@ class EarlyExits:
 
     last_lines: Callable[[str], list[str]]
     stop: Callable[[], None]
+    stopping: Callable[[], bool] = lambda: False  # exits during a stop are no failure
     ready: threading.Event = field(default_factory=threading.Event)
     failure: Failure | None = None
     exits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (count, last)
 
     def on_exit(self, service: str, returncode: int, will_restart: bool) -> None:
-        if self.ready.is_set() or self.failure is not None:
+        if self.ready.is_set() or self.failure is not None or self.stopping():
             return
         count = self.exits.get(service, (0, 0))[0] + 1
         self.exits[service] = (count, returncode)

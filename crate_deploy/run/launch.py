@@ -120,7 +120,8 @@ def launch_command(directory: Path, *, timeout: float, only: Sequence[str] = ())
     # One printer for the services and for us: one name width, one lock.
     supervisor = Supervisor(specs, printer=say, on_start=lambda name, pid: _record(fleet),
                             on_exit=lambda *exit: fleet.watch.on_exit(*exit))
-    watch = EarlyExits(supervisor.last_lines, supervisor.request_stop)
+    watch = EarlyExits(supervisor.last_lines, supervisor.request_stop,
+                       lambda: supervisor.stopping)
     fleet = _Fleet(deployment, urls, secrets, supervisor, say, mask, watch)
     try:
         return _supervise(fleet, timeout)

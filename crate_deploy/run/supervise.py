@@ -173,6 +173,11 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.write(self._wake_write, b"\0")
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the fleet is being stopped (asked to, or after a crash loop)."""
+        return self._stopping or self._stops_handled < self._stop_requests
+
     def pids(self) -> dict[str, int]:
         """The main pid of each process running now (safe from other threads)."""
         running = {}
