@@ -104,14 +104,7 @@ def launch_command(directory: Path, *, timeout: float, only: Sequence[str] = ())
                           f"`crate-deploy stop {directory}` stops it")
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    specs = _process_specs(deployment)
-    if only:  # launch --only: these services, and readiness for these alone
-        chosen = resolve_services(deployment, only)
-        specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
-    flower = site.flower
-    check_before_start(specs, (flower_unit(site).removesuffix(".service"), flower.address,
-                               flower.port)
-                       if flower.enabled else None)
+    specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
     ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
     say = LoggingPrinter(sink, [spec.name for spec in specs] + [NAME], deployment, mask,
                          services=[spec.name for spec in specs])
@@ -157,6 +150,19 @@ def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     except UnitError as exc:
         raise LaunchError(str(exc)) from None
     return [_as_unit_user(spec) for spec in specs]
+
+
+def _checked_selection(deployment: Deployment, specs: list[ProcessSpec],
+                       only: Sequence[str]) -> tuple[list[ProcessSpec], Deployment]:
+    """The services to run (launch --only narrows them, and readiness with them), each
+    checked before anything starts (run/preflight.py)."""
+    if only:
+        chosen = resolve_services(deployment, only)
+        specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
+    flower = deployment.site.flower
+    check_before_start(specs, (flower_unit(deployment.site).removesuffix(".service"),
+                               flower.address, flower.port) if flower.enabled else None)
+    return specs, deployment
 
 
 def _as_unit_user(spec: ProcessSpec) -> ProcessSpec:

@@ -262,3 +262,16 @@ def _answers(port: int) -> bool:
         return False
     return True
 
+
+
+def test_a_timeout_names_the_service_that_kept_exiting(tmp_path: Path, vhost: str,
+                                                       latest_venv: Path) -> None:
+    # The same uncertain exit, with a wait shorter than the crash-loop rule needs.
+    site = make_demo_site(tmp_path, vhost, latest_venv, {"app": "crashapp"})
+    (site.site_dir / "crashapp.py").write_text(CRASHING_APP, encoding="utf-8")
+    last, said = launch_and_fail(site, "timeout while restarting", timeout=12)
+    assert "error: not ready after 12s: pool quick" in said, said[-3000:]
+    assert re.search(r"demo-worker-quick exited [1-9] time\(s\) before the fleet was ready "
+                     r"\(last: exited with code 1\)$", last), last
+    tail = said.splitlines()[-8:]
+    assert any("crashapp: pool quick gives up" in line for line in tail), tail
