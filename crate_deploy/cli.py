@@ -124,8 +124,11 @@ def stop(directory: Path, timeout: float | None) -> int:
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
               help="How many of each service's last lines to show.")
 def logs(words: tuple[str, ...], follow: bool, lines: int) -> int:
-    """Show the services' output: the journal under systemd, else the log files a
-    foreground launch writes (DIRECTORY/logs/SERVICE.log)."""
+    """Show the services' output.
+
+    Under systemd, the journal; else the log files a foreground launch writes
+    (DIRECTORY/logs/SERVICE.log). SERVICE: a unit name, or worker-POOL, POOL, beat,
+    flower; without one, every service."""
     from crate_deploy.run.control import services_and_directory
     from crate_deploy.run.logs import logs_command
 
@@ -138,7 +141,10 @@ def logs(words: tuple[str, ...], follow: bool, lines: int) -> int:
 @click.option("--timeout", type=float, help="Seconds to wait for the new processes (default: "
               "the longest stop timeout of the units, plus 30).")
 def restart(words: tuple[str, ...], timeout: float | None) -> int:
-    """Restart services warmly (all without SERVICE): running tasks finish first."""
+    """Restart services warmly.
+
+    Running tasks finish, then each service starts again; waits until it answers.
+    Without SERVICE, every service."""
     from crate_deploy.run.control import restart_command, services_and_directory
 
     services, directory = services_and_directory(words, DEFAULT_OUTPUT_DIR)
