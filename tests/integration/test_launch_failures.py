@@ -168,7 +168,9 @@ CRASHING_APP = """\
 import os
 
 if os.environ.get("CRATE_DEPLOY_POOL") == "quick":
-    print("crashapp: pool quick gives up without a traceback", flush=True)
+    # A careless application that prints a secret as it dies: launch must mask it.
+    print("crashapp: pool quick gives up without a traceback; the password is",
+          os.environ["FLOWER_PASSWORD"], flush=True)
     os._exit(1)
 
 from demoapp import app  # noqa: E402,F401
@@ -276,3 +278,8 @@ def test_a_timeout_names_the_service_that_kept_exiting(tmp_path: Path, vhost: st
                      r"\(last: exited with code 1\)$", last), last
     tail = said.splitlines()[-8:]
     assert any("crashapp: pool quick gives up" in line for line in tail), tail
+    # Its last lines, on the terminal and in its log file, with the secret masked.
+    assert any(line.endswith("the password is ****") for line in tail), tail
+    log = (site.out / "logs" / "demo-worker-quick.log").read_text(encoding="utf-8")
+    assert "crashapp: pool quick gives up" in log
+    assert site.flower_password not in said and site.flower_password not in log
