@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from crate_deploy.run.supervise import EXIT_CHDIR, EXIT_EXEC
+
 EXIT_USAGE = 2  # click's (and so celery's) status for a usage error
-EXIT_CHDIR = 200  # systemd's status when WorkingDirectory= cannot be entered
-EXIT_EXEC = 203  # systemd's status when the command cannot be executed
 SHOWN_LINES = 20  # how many of a failed service's last lines a report repeats
 
 _FRAME = re.compile(r'^\s+File "[^"]*", line \d+')
