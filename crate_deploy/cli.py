@@ -120,9 +120,15 @@ def schema(markdown: bool, example: Path | None) -> int:
 @click.option("--root", type=click.Path(path_type=Path, file_okay=False),
               help="With --systemd: install into this root offline (systemctl --root); "
                    "created when missing.")
+@click.option("--only", multiple=True, metavar="SERVICE",
+              help="Run only this service (repeatable; e.g. worker-quick, beat, flower); "
+                   "readiness waits for these alone.")
 def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
-           root: Path | None) -> int:
+           root: Path | None, only: tuple[str, ...]) -> int:
     """Run the rendered fleet in the foreground (or install it into systemd)."""
+    if use_systemd and only:
+        raise UsageError("--only is for a foreground launch; under systemd, "
+                         "`systemctl start UNIT` starts one service")
     if use_systemd:
         from crate_deploy.run.install import install_command
 
@@ -139,7 +145,7 @@ def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
         raise UsageError("--user and --root go with --systemd")
     from crate_deploy.run.launch import launch_command
 
-    return launch_command(directory, timeout=timeout)
+    return launch_command(directory, timeout=timeout, only=only)
 
 
 @cli.command()
@@ -151,6 +157,39 @@ def stop(directory: Path, timeout: float | None) -> int:
     from crate_deploy.run.launch import stop_command
 
     return stop_command(directory, timeout=timeout)
+
+
+@cli.command()
+@click.argument("words", nargs=-1, metavar="[SERVICE]... [DIRECTORY]")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="How many of each service's last lines to show.")
+def logs(words: tuple[str, ...], follow: bool, lines: int) -> int:
+    """Show the services' output.
+
+    Under systemd, the journal; else the log files a foreground launch writes
+    (DIRECTORY/logs/SERVICE.log). SERVICE: a unit name, or worker-POOL, POOL, beat,
+    flower; without one, every service."""
+    from crate_deploy.run.control import services_and_directory
+    from crate_deploy.run.logs import logs_command
+
+    services, directory = services_and_directory(words, DEFAULT_OUTPUT_DIR)
+    return logs_command(directory, services, follow=follow, lines=lines)
+
+
+@cli.command()
+@click.argument("words", nargs=-1, metavar="[SERVICE]... [DIRECTORY]")
+@click.option("--timeout", type=float, help="Seconds to wait for the new processes (default: "
+              "the longest stop timeout of the units, plus 30).")
+def restart(words: tuple[str, ...], timeout: float | None) -> int:
+    """Restart services warmly.
+
+    Running tasks finish, then each service starts again; waits until it answers.
+    Without SERVICE, every service."""
+    from crate_deploy.run.control import restart_command, services_and_directory
+
+    services, directory = services_and_directory(words, DEFAULT_OUTPUT_DIR)
+    return restart_command(directory, services, timeout=timeout)
 
 
 @cli.command()

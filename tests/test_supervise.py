@@ -29,7 +29,6 @@ from crate_deploy.run.supervise import (
     classify_exit,
     describe_returncode,
     process_spec_from_service,
-    restart_delay,
     should_restart,
     stop_on_signals,
 )
@@ -383,7 +382,6 @@ def test_crash_loop_stops_everything_and_reports(fleets: Callable[..., Fleet]) -
     fleet = fleets(
         spec("crasher", CRASH, restart="on-failure", restart_sec=0.1, start_limit_burst=4),
         spec("bystander", SLEEPER),
-        stable_after_sec=60,
     )
     result = fleet.finish()  # no stop request: the crash loop ends the run
     crash_loop = result.crash_loop
@@ -397,15 +395,20 @@ def test_crash_loop_stops_everything_and_reports(fleets: Callable[..., Fleet]) -
     assert crasher_exits == [("crasher", 3, True)] * 3 + [("crasher", 3, False)]
     times = [at for name, _, at in fleet.starts if name == "crasher"]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4  # the delay doubles
+    assert all(gap >= 0.1 for gap in gaps), gaps
 
 
-def test_backoff_resets_after_a_stable_run(fleets: Callable[..., Fleet]) -> None:
-    crasher = spec("crasher", CRASH, restart="always", restart_sec=0.2, start_limit_burst=3)
-    fleet = fleets(crasher, stable_after_sec=0.0)  # every run counts as stable
+def test_every_restart_waits_restart_sec_as_the_unit_says_no_backoff(
+        fleets: Callable[..., Fleet]) -> None:
+    crasher = spec("crasher", CRASH, restart="always", restart_sec=0.3, start_limit_burst=5)
+    fleet = fleets(crasher)
     assert fleet.finish().crash_loop is not None
+    restarts = [line for line in fleet.output.lines() if "; restarting in" in line]
+    assert len(restarts) == 4 and all(line.endswith("restarting in 0.3s") for line in restarts)
     times = [at for _, _, at in fleet.starts]
-    assert 0.2 <= times[2] - times[1] < 0.38  # would be 0.4 or more with doubling
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # A doubling backoff would make the last gap 2.4 s; RestartSec= keeps each near 0.3 s.
+    assert len(gaps) == 4 and all(0.3 <= gap < 1.2 for gap in gaps), gaps
 
 
 def test_restart_always_restarts_clean_exits(fleets: Callable[..., Fleet]) -> None:
@@ -526,10 +529,6 @@ def test_should_restart_follows_systemds_table(
     assert should_restart(policy, "signal") is after_signal
 
 
-def test_restart_delay_doubles_up_to_the_cap() -> None:
-    assert [restart_delay(0.5, n, cap=30) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert restart_delay(60, 5, cap=30) == 60  # never shorter than RestartSec=
-    assert restart_delay(0.1, 10_000, cap=30) == 30  # no overflow after days of crashing
 
 
 def test_describe_returncode() -> None:
@@ -568,3 +567,21 @@ def test_a_unit_user_is_switched_to_when_running_as_root(tmp_path: Path) -> None
     result = Supervisor([spec], output=out).run()
     assert result.exit_statuses == {"who": 0}
     assert "65534 65534" in out.getvalue()
+
+
+def test_request_restart_is_warm_and_starts_again_whatever_restart_says(
+        fleets: Callable[..., Fleet]) -> None:
+    fleet = fleets(spec("worker", GRACEFUL, restart="no", start_limit_burst=1),
+                   spec("bystander", SLEEPER))
+    fleet.output.wait_for(r"worker +\| ready")
+    first = fleet.supervisor.pids()["worker"]
+    bystander = fleet.supervisor.pids()["bystander"]
+    fleet.supervisor.request_restart(["worker", "no-such-process"])
+    fleet.output.wait_for(r"worker +\| task done")  # the running "task" finished first
+    fleet.output.wait_for(r"worker exited with code 0; restarting as asked")
+    fleet.wait_for_starts(3)
+    assert fleet.supervisor.pids()["worker"] != first
+    assert fleet.supervisor.pids()["bystander"] == bystander  # only the one asked for
+    assert fleet.exits == [("worker", 0, True)]
+    result = fleet.stop()  # a restart asked for is no crash loop, even with a burst of 1
+    assert result.crash_loop is None and result.clean

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,19 @@ from typing import Any
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.readiness import wait_until_ready
+from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.services import build_plan
+from crate_deploy.run.control import (
+    longest_stop,
+    narrowed,
+    resolve_services,
+    restart_on_signal,
+)
+from crate_deploy.run.failure import EarlyExits
 from crate_deploy.run.host import check_this_host
+from crate_deploy.run.logs import LoggingPrinter
+from crate_deploy.run.outcome import report_failure, report_not_ready
+from crate_deploy.run.preflight import check_before_start
 from crate_deploy.run.specs import process_spec
 from crate_deploy.run.supervise import (
     LinePrinter,
@@ -79,9 +91,10 @@ class _Fleet:
     supervisor: Supervisor
     say: LinePrinter
     mask: Masker
+    watch: EarlyExits
 
 
-def launch_command(directory: Path, *, timeout: float) -> int:
+def launch_command(directory: Path, *, timeout: float, only: Sequence[str] = ()) -> int:
     deployment = load_deployment(directory)
     check_this_host(deployment)
     site = deployment.site
@@ -94,15 +107,22 @@ def launch_command(directory: Path, *, timeout: float) -> int:
                           f"`crate-deploy stop {directory}` stops it")
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    specs = _process_specs(deployment)
+    specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
     ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
-    say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
+    say = LoggingPrinter(sink, [spec.name for spec in specs] + [NAME], deployment, mask,
+                         services=[spec.name for spec in specs])
     for warning in filter(None, [secrets_file_warning(site), _identity_warning(specs)]):
         say.line(NAME, f"warning: {warning}")
     # One printer for the services and for us: one name width, one lock.
-    fleet = _Fleet(deployment, urls, secrets, Supervisor(
-        specs, printer=say, on_start=lambda name, pid: _record(fleet)), say, mask)
-    return _supervise(fleet, timeout)
+    supervisor = Supervisor(specs, printer=say, on_start=lambda name, pid: _record(fleet),
+                            on_exit=lambda *exit: fleet.watch.on_exit(*exit))
+    watch = EarlyExits(supervisor.last_lines, supervisor.request_stop,
+                       lambda: supervisor.stopping)
+    fleet = _Fleet(deployment, urls, secrets, supervisor, say, mask, watch)
+    try:
+        return _supervise(fleet, timeout)
+    finally:
+        say.close()
 
 
 def stop_command(directory: Path, *, timeout: float | None = None) -> int:
@@ -113,7 +133,7 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
         print(f"{NAME}: nothing launched from {directory} is running")
         return 0
     os.kill(pid, signal.SIGTERM)
-    limit = timeout if timeout is not None else _longest_stop(deployment) + 30.0
+    limit = timeout if timeout is not None else longest_stop(deployment) + 30.0
     print(f"{NAME}: asked launch (pid {pid}) to stop; running tasks may take up to "
           f"{limit:g}s to finish")
     deadline = time.monotonic() + limit
@@ -129,6 +149,19 @@ def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     base = {key: os.environ[key] for key in INHERITED if key in os.environ}
     plan = build_plan(deployment.site, deployment.config_dir, deployment.host)
     return [_as_unit_user(process_spec(service, base)) for service in plan.services]
+
+
+def _checked_selection(deployment: Deployment, specs: list[ProcessSpec],
+                       only: Sequence[str]) -> tuple[list[ProcessSpec], Deployment]:
+    """The services to run (launch --only narrows them, and readiness with them), each
+    checked before anything starts (run/preflight.py)."""
+    if only:
+        chosen = resolve_services(deployment, only)
+        specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
+    flower = deployment.site.flower
+    check_before_start(specs, (flower_unit(deployment.site).removesuffix(".service"),
+                               flower.address, flower.port) if flower.enabled else None)
+    return specs, deployment
 
 
 def _as_unit_user(spec: ProcessSpec) -> ProcessSpec:
@@ -169,15 +202,16 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
     thread = threading.Thread(target=lambda: outcome.append(fleet.supervisor.run()),
                               name="supervisor", daemon=True)
     ready = False
-    with stop_on_signals(fleet.supervisor):
+    with stop_on_signals(fleet.supervisor), \
+            restart_on_signal(fleet.deployment, fleet.supervisor.request_restart):
         thread.start()
         try:
             ready = _wait_until_ready(fleet, thread, timeout)
         finally:
             # Not ready, or the wait failed: stop the fleet before leaving, or its
             # processes (each in a session of its own) would outlive us unsupervised.
-            if not ready and thread.is_alive():
-                fleet.supervisor.request_stop()
+            if not ready and thread.is_alive() and fleet.watch.failure is None:
+                fleet.supervisor.request_stop()  # (a failure asked for its warm stop already)
             try:
                 while thread.is_alive():
                     thread.join(0.2)  # short joins keep signal handlers responsive
@@ -188,10 +222,12 @@ def _supervise(fleet: _Fleet, timeout: float) -> int:
 
 def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -> bool:
     ready = wait_until_ready(fleet.deployment.site, fleet.urls, fleet.secrets, fleet.mask,
-                             timeout=timeout, alive=thread.is_alive,
+                             timeout=timeout,
+                             alive=lambda: thread.is_alive() and fleet.watch.failure is None,
                              say=lambda text: fleet.say.line(NAME, text),
                              share=fleet.deployment.host)
     if ready:
+        fleet.watch.ready.set()
         fleet.say.line(NAME, "Ctrl-C (or `crate-deploy stop`) stops the fleet warmly: "
                        "running tasks finish")
     return ready
@@ -200,15 +236,16 @@ def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -
 def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> int:
     if result is None:
         raise LaunchError("the supervisor ended without a result")
+    if fleet.watch.failure is not None:
+        return report_failure(fleet.say, NAME, fleet.watch.failure)
     if result.crash_loop is not None:
-        fleet.say.line(NAME, f"error: {result.crash_loop.describe()}")
-        return 1
+        return report_failure(fleet.say, NAME, result.crash_loop)
     if result.killed_after_timeout:
         fleet.say.line(NAME, "error: killed after the stop timeout (tasks may have been "
                        f"interrupted): {', '.join(result.killed_after_timeout)}")
         return 1
     if not ready:
-        return 1
+        return report_not_ready(fleet.say, NAME, fleet.watch, fleet.supervisor.last_lines)
     fleet.say.line(NAME, "stopped" + ("" if result.clean else " (some exits were not clean: "
                                       f"{result.exit_statuses})"))
     return 0 if result.clean else 1
@@ -217,9 +254,3 @@ def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> in
 def _record(fleet: _Fleet) -> None:
     save_launch_state(fleet.deployment, fleet.supervisor.pids())
 
-
-def _longest_stop(deployment: Deployment) -> float:
-    from crate_deploy.site.checks import stop_timeout
-
-    site = deployment.site
-    return max([stop_timeout(site, worker) for worker in site.workers] + [60.0])

@@ -1,10 +1,10 @@
 """What the foreground supervisor decides, apart from the processes it runs.
 
 The supervised process (ProcessSpec, built from a unit's ServiceSpec), how an
-exit is classified and whether Restart= restarts after it, the restart backoff,
-systemd's start rate limit and the crash loop it reports, the result of a run,
-and the `HH:MM:SS name | line` printer.  crate_deploy.run.supervise starts, watches
-and stops the processes by these rules.
+exit is classified and whether Restart= restarts after it (after RestartSec=, as
+the unit says: no hidden backoff), systemd's start rate limit and the crash loop it
+reports, the result of a run, and the `HH:MM:SS name | line` printer.
+crate_deploy.run.supervise starts, watches and stops the processes by these rules.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Literal, Protocol
 from crate_deploy.systemd.units import RestartPolicy, ServiceSpec, UnitError
 
 SYSTEM_NAME = "system"
-BACKOFF_CAP_SEC = 30.0
-STABLE_AFTER_SEC = 10.0  # a run this long resets the backoff
 CLEAN_SIGNALS = frozenset(
     int(s) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
 )
@@ -97,11 +95,6 @@ def classify_exit(spec: ProcessSpec, returncode: int) -> ExitKind:
 
 def should_restart(policy: RestartPolicy, kind: ExitKind) -> bool:
     return kind in _RESTART_AFTER[policy]
-
-
-def restart_delay(restart_sec: float, quick_exits: int, cap: float = BACKOFF_CAP_SEC) -> float:
-    """RestartSec= doubled for each quick exit in a row, up to the cap (or RestartSec=)."""
-    return min(restart_sec * 2.0 ** min(quick_exits, 32), max(cap, restart_sec))
 
 
 def describe_returncode(returncode: int) -> str:

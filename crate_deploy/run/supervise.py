@@ -10,7 +10,7 @@ SIGKILLed too, as systemd does, so nothing outlives the supervisor.  Children
 that leave the group with setsid() escape this; systemd's cgroups would not
 let them, a process group is the closest a foreground run gets.
 
-The rules it follows (Restart=, the backoff, the start limit, how exits are
+The rules it follows (Restart= after RestartSec=, the start limit, how exits are
 classified and printed) live in crate_deploy.run.policy.
 """
 
@@ -25,15 +25,12 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 from crate_deploy.run.policy import (
-    BACKOFF_CAP_SEC,
     CLEAN_SIGNALS,
-    STABLE_AFTER_SEC,
     SYSTEM_NAME,
     CrashLoop,
     ExitKind,
@@ -46,17 +43,21 @@ from crate_deploy.run.policy import (
     classify_exit,
     describe_returncode,
     process_spec_from_service,
-    restart_delay,
     should_restart,
     signal_name,
 )
+from crate_deploy.run.processes import (
+    has_exited,
+    identity,
+    signal_group,
+    signal_process,
+    stop_on_signals,
+)
 
 __all__ = [
-    "BACKOFF_CAP_SEC",
     "CLEAN_SIGNALS",
     "EXIT_CHDIR",
     "EXIT_EXEC",
-    "STABLE_AFTER_SEC",
     "SYSTEM_NAME",
     "TAIL_LINES",
     "CrashLoop",
@@ -70,7 +71,6 @@ __all__ = [
     "classify_exit",
     "describe_returncode",
     "process_spec_from_service",
-    "restart_delay",
     "should_restart",
     "stop_on_signals",
 ]
@@ -93,11 +93,11 @@ class _Child:
     popen: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
     started_at: float = 0.0
-    quick_exits: int = 0
     restart_at: float | None = None
     stop_deadline: float | None = None
     returncode: int | None = None
     killed_after_timeout: bool = False
+    restarting: bool = False  # stopped on request_restart(): start again once it exits
 
 
 @dataclass
@@ -121,8 +121,6 @@ class Supervisor:
         printer: LinePrinter | None = None,  # share the caller's: one lock, one column width
         on_start: Callable[[str, int], None] | None = None,
         on_exit: Callable[[str, int, bool], None] | None = None,
-        backoff_cap_sec: float = BACKOFF_CAP_SEC,
-        stable_after_sec: float = STABLE_AFTER_SEC,
     ) -> None:
         # The wake-up pipe lives as long as we do, so request_stop() never writes to a
         # descriptor that was closed and reused meanwhile.
@@ -139,10 +137,10 @@ class Supervisor:
         sink = output if output is not None else sys.stdout
         self._printer = printer if printer is not None else LinePrinter(sink, names, colour)
         self._on_start, self._on_exit = on_start, on_exit
-        self._backoff_cap, self._stable_after = backoff_cap_sec, stable_after_sec
         self._stop_requests = 0  # bumped by request_stop(), perhaps inside a signal handler
         self._stops_handled = 0
         self._stopping = False
+        self._restart_requests: list[str] = []  # appended to by request_restart()
         self._crash_loop: CrashLoop | None = None
         self._selector: selectors.BaseSelector = selectors.DefaultSelector()
         self._readers: list[_Reader] = []
@@ -164,6 +162,21 @@ class Supervisor:
         self._stop_requests += 1
         with contextlib.suppress(OSError):  # a full pipe already wakes run()
             os.write(self._wake_write, b"\0")
+
+    def request_restart(self, names: Iterable[str]) -> None:
+        """Restart these processes warmly, as `systemctl restart` does: the stop signal
+        (running tasks finish), then a start as soon as the process has exited.
+
+        Safe in a signal handler and from other threads, like request_stop().
+        """
+        self._restart_requests.extend(names)  # list.extend is atomic under the GIL
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"\0")
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the fleet is being stopped (asked to, or after a crash loop)."""
+        return self._stopping or self._stops_handled < self._stop_requests
 
     def pids(self) -> dict[str, int]:
         """The main pid of each process running now (safe from other threads)."""
@@ -212,6 +225,7 @@ class Supervisor:
         while any(c.popen is not None or c.restart_at is not None for c in self._children):
             self._wait(self._timeout())
             self._handle_stop_requests()
+            self._handle_restart_requests()
             self._reap_exited()
             self._fire_timers()
         deadline = time.monotonic() + _DRAIN_SEC
@@ -243,6 +257,18 @@ class Supervisor:
             else:
                 self._begin_stop()
 
+    def _handle_restart_requests(self) -> None:
+        while self._restart_requests:
+            name = self._restart_requests.pop(0)
+            child = next((c for c in self._children if c.spec.name == name), None)
+            if child is None or self._stopping:
+                continue
+            if child.popen is not None:
+                child.restarting = True
+                self._send_stop_signal(child, child.popen.pid, time.monotonic())
+            else:  # down, or waiting for RestartSec=: start it now
+                child.restart_at = time.monotonic()
+
     def _fire_timers(self) -> None:
         now = time.monotonic()
         for child in self._children:
@@ -257,7 +283,7 @@ class Supervisor:
                     f"{child.spec.name} still running {child.spec.timeout_stop_sec:g}s after"
                     " the stop signal: SIGKILL to its process group"
                 )
-                _signal_group(child.popen.pid, signal.SIGKILL)
+                signal_group(child.popen.pid, signal.SIGKILL)
 
     # --- starting -------------------------------------------------------------------
 
@@ -274,7 +300,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                **_identity(spec),
+                **identity(spec),
             )
         except OSError as error:
             self._spawn_failed(child, error)
@@ -304,7 +330,7 @@ class Supervisor:
         message = f"failed to start: {error}"
         child.tail.append(message)
         self._system(f"{child.spec.name} {message}")
-        self._after_exit(child, status, ran_for=0.0)
+        self._after_exit(child, status)
 
     # --- output ---------------------------------------------------------------------
 
@@ -347,20 +373,20 @@ class Supervisor:
 
     def _reap_exited(self) -> None:
         for child in self._children:
-            if child.popen is not None and _has_exited(child.popen.pid):
+            if child.popen is not None and has_exited(child.popen.pid):
                 self._collect(child, child.popen)
 
     def _collect(self, child: _Child, popen: subprocess.Popen[bytes]) -> None:
         # What is left of the group dies with its main process, as under systemd.  The
         # unreaped zombie still holds the group id, so no unrelated process can have it.
-        _signal_group(popen.pid, signal.SIGKILL)
+        signal_group(popen.pid, signal.SIGKILL)
         returncode = popen.wait()
         child.popen, child.stop_deadline = None, None
         self._forget_pidfd(child)
         for reader in [r for r in self._readers if r.pipe is popen.stdout]:
             while self._read(reader):  # the last lines belong in the exit report
                 pass
-        self._after_exit(child, returncode, time.monotonic() - child.started_at)
+        self._after_exit(child, returncode)
 
     def _forget_pidfd(self, child: _Child) -> None:
         if child.pidfd is not None:
@@ -369,13 +395,21 @@ class Supervisor:
             os.close(child.pidfd)
             child.pidfd = None
 
-    def _after_exit(self, child: _Child, returncode: int, ran_for: float) -> None:
+    def _after_exit(self, child: _Child, returncode: int) -> None:
         spec = child.spec
         child.returncode = returncode
+        if child.restarting and not self._stopping:
+            child.restarting, child.restart_at = False, time.monotonic()
+            self._system(f"{spec.name} {describe_returncode(returncode)}; restarting as asked")
+            if self._on_exit is not None:
+                self._on_exit(spec.name, returncode, True)
+            return
         restart = not self._stopping and should_restart(
             spec.restart, classify_exit(spec, returncode)
         )
-        delay = self._next_delay(child, ran_for) if restart else 0.0
+        # RestartSec= as the unit says, every time: systemd before 254 has no backoff,
+        # and the start limit below is what ends a crash loop.
+        delay = spec.restart_sec if restart else 0.0
         now = time.monotonic()
         crash_loop = restart and not child.limit.allows(now + delay)
         restart = restart and not crash_loop
@@ -393,13 +427,6 @@ class Supervisor:
         elif restart:
             child.restart_at = now + delay
 
-    def _next_delay(self, child: _Child, ran_for: float) -> float:
-        if ran_for >= self._stable_after:
-            child.quick_exits = 0
-        delay = restart_delay(child.spec.restart_sec, child.quick_exits, self._backoff_cap)
-        child.quick_exits += 1
-        return delay
-
     # --- stopping -------------------------------------------------------------------
 
     def _begin_stop(self) -> None:
@@ -413,7 +440,7 @@ class Supervisor:
     def _send_stop_signal(self, child: _Child, pid: int, now: float) -> None:
         spec = child.spec
         mixed = spec.kill_mode == "mixed"
-        send = _signal_process if mixed else _signal_group
+        send = signal_process if mixed else signal_group
         send(pid, spec.kill_signal)
         if spec.kill_signal not in (signal.SIGKILL, signal.SIGCONT):
             send(pid, signal.SIGCONT)  # like systemd: a stopped process must wake to obey
@@ -426,14 +453,14 @@ class Supervisor:
         for child in self._children:
             if child.popen is not None:
                 self._system(f"stopping {child.spec.name} now: SIGKILL to its process group")
-                _signal_group(child.popen.pid, signal.SIGKILL)
+                signal_group(child.popen.pid, signal.SIGKILL)
 
     def _kill_everything(self) -> None:
         """Last resort when run() fails: SIGKILL every group and reap every main process."""
         for child in self._children:
             popen, child.popen = child.popen, None
             if popen is not None:
-                _signal_group(popen.pid, signal.SIGKILL)
+                signal_group(popen.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable (state D)
                     popen.wait(timeout=5)
             self._forget_pidfd(child)
@@ -449,47 +476,3 @@ class Supervisor:
         )  # fmt: skip
         statuses = {c.spec.name: c.returncode for c in children}
         return SupervisorResult(clean, statuses, self._crash_loop, timed_out)
-
-
-def _identity(spec: ProcessSpec) -> dict[str, Any]:
-    """Popen arguments that run the process as its unit's User=/Group=, as systemd would;
-    only root can switch, so anyone else runs it as themselves (launch says so)."""
-    if spec.user is None or os.geteuid() != 0:
-        return {}
-    return {"user": spec.user, "group": spec.group or spec.user, "extra_groups": []}
-
-
-@contextlib.contextmanager
-def stop_on_signals(
-    supervisor: Supervisor,
-    signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
-) -> Iterator[None]:
-    """Route these signals to supervisor.request_stop() (main thread only)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        supervisor.request_stop()
-
-    previous = {signum: signal.signal(signum, handler) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether pid has exited, without reaping it (WNOWAIT keeps the zombie)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _signal_process(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)

@@ -273,8 +273,9 @@ class Launch:
     checks that every process it ever saw is gone."""
 
     def __init__(self, site: DemoSite, *, timeout: float = 60.0, ready_within: float = 90.0,
-                 stop_within: float = 60.0, log: Path | None = None) -> None:
-        self.site, self.timeout = site, timeout
+                 stop_within: float = 60.0, log: Path | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.site, self.timeout, self.args = site, timeout, args
         self.ready_within, self.stop_within = ready_within, stop_within
         self.log_path = log or site.out.parent / f"launch-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -285,7 +286,8 @@ class Launch:
     # --- running -----------------------------------------------------------------
 
     def argv(self) -> list[str]:
-        return [str(CRATE_DEPLOY), "launch", str(self.site.out), "--timeout", f"{self.timeout:g}"]
+        return [str(CRATE_DEPLOY), "launch", str(self.site.out), "--timeout", f"{self.timeout:g}",
+                *self.args]
 
     def start(self) -> Launch:
         with self.log_path.open("wb") as log:

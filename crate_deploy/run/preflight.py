@@ -1,0 +1,252 @@
+"""Checks before a launch starts anything: what would only fail later, and slowly.
+
+Each service's program (argv[0]) must exist and be runnable by the user it will run
+as -- every directory on the way searchable, the file executable, a `#!` script
+readable and its interpreter runnable in turn (a venv's python is often a symlink
+into a pyenv under a home directory the service user cannot enter) -- and its
+working directory must be enterable. Flower's port must be free: another process
+holding it would make Flower exit, or worse, answer in its place.
+
+The permission walk reads mode bits (owner, group, other; root passes every search
+and needs one execute bit on a file), not ACLs: what the kernel would refuse for a
+plain setup, with the directory that refuses named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from crate_deploy.errors import LaunchError
+from crate_deploy.run.policy import ProcessSpec
+
+_MAX_LINKS = 40  # the kernel's ELOOP limit
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a service runs as: the uid, the groups whose permission bits apply, a name."""
+
+    uid: int
+    groups: frozenset[int]
+    name: str
+
+
+def identity_for(spec: ProcessSpec) -> Identity:
+    """The unit's User= when we run as root (we switch to it, with only its own group,
+    as launch does), else ourselves."""
+    if spec.user is not None and os.geteuid() == 0:
+        account = pwd.getpwnam(spec.user)
+        gid = account.pw_gid
+        if spec.group is not None:
+            gid = grp.getgrnam(spec.group).gr_gid
+        return Identity(account.pw_uid, frozenset({gid}), spec.user)
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return Identity(uid, frozenset({os.getegid(), *os.getgroups()}), name)
+
+
+def service_problems(specs: Sequence[ProcessSpec]) -> list[tuple[str, str]]:
+    """(service, problem) for every service that cannot start, in service order."""
+    problems = []
+    for spec in specs:
+        who = identity_for(spec)
+        problem = executable_problem(spec.argv[0], who)
+        if problem is None and spec.cwd is not None:
+            problem = directory_problem(spec.cwd, who)
+        if problem is not None:
+            problems.append((spec.name, problem))
+    return problems
+
+
+def executable_problem(program: str, who: Identity) -> str | None:
+    """Why `who` cannot run program, or None when the kernel would let them."""
+    if not program.startswith("/"):
+        return None  # systemd searches its own PATH; nothing to say about that here
+    return _runnable(program, who, depth=0)
+
+
+def directory_problem(directory: Path, who: Identity) -> str | None:
+    """Why `who` cannot make directory their working directory, or None."""
+    found = _walk(str(directory), who)
+    if isinstance(found, str):
+        return f"cannot enter the working directory {directory}: {found}"
+    if not stat.S_ISDIR(found.st_mode):
+        return f"the working directory {directory} is not a directory"
+    if not _allowed(found, who, 0o1):
+        return f"{who.name} cannot enter the working directory {directory} ({_describe(found)})"
+    return None
+
+
+def _runnable(program: str, who: Identity, depth: int) -> str | None:
+    found = _walk(program, who)
+    if isinstance(found, str):
+        return f"cannot run {program} as {who.name}: {found}"
+    if not stat.S_ISREG(found.st_mode):
+        return f"cannot run {program}: it is not a regular file"
+    if not _allowed(found, who, 0o1, file=True):
+        return f"{who.name} may not execute {program} ({_describe(found)})"
+    interpreter = _interpreter(program)
+    if interpreter is None:
+        return None
+    if not _allowed(found, who, 0o4):
+        return f"{who.name} may not read the script {program} ({_describe(found)})"
+    if depth >= 4:
+        return f"cannot run {program}: interpreters nest too deep"
+    problem = _runnable(interpreter, who, depth + 1)
+    return None if problem is None else f"{program}'s interpreter: {problem}"
+
+
+def _walk(path: str, who: Identity, links: int = 0) -> os.stat_result | str:
+    """Follow path as the kernel would for `who`: the final stat, or what stops them."""
+    current = Path("/")
+    parts = Path(path).parts[1:]
+    for index, part in enumerate(parts):
+        directory = current.stat()
+        if not _allowed(directory, who, 0o1):
+            return f"{who.name} cannot search {current} ({_describe(directory)})"
+        step = current / part
+        try:
+            info = step.lstat()
+        except FileNotFoundError:
+            return f"[Errno {errno.ENOENT}] No such file or directory: {str(step)!r}"
+        except OSError as exc:
+            return f"{exc.strerror}: {str(step)!r}"
+        if stat.S_ISLNK(info.st_mode):
+            if links >= _MAX_LINKS:
+                return f"too many levels of symbolic links at {step}"
+            link = step.readlink()
+            target = os.path.normpath(current / link / Path(*parts[index + 1:]))
+            followed = _walk(target, who, links + 1)
+            if isinstance(followed, str):
+                return f"{step} links to {link}, and {followed}"
+            return followed
+        current = step
+    return current.stat()
+
+
+def _allowed(info: os.stat_result, who: Identity, bit: int, file: bool = False) -> bool:
+    """Whether the mode grants `bit` (1 = x/search, 4 = r) to who."""
+    if who.uid == 0:  # root: any search, any read; a file still needs one x bit
+        return not (file and bit == 0o1) or bool(info.st_mode & 0o111)
+    if info.st_uid == who.uid:
+        shift = 6
+    elif info.st_gid in who.groups:
+        shift = 3
+    else:
+        shift = 0
+    return bool(info.st_mode & (bit << shift))
+
+
+def _describe(info: os.stat_result) -> str:
+    owner = _user_name(info.st_uid)
+    return f"mode {stat.S_IMODE(info.st_mode):04o}, owner {owner}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _interpreter(program: str) -> str | None:
+    """The interpreter a `#!` line names, or None for a binary."""
+    try:
+        with Path(program).open("rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    return words[0].decode("utf-8", "replace") if words else None
+
+
+# --- Flower's port -----------------------------------------------------------------
+
+
+def port_problem(address: str, port: int) -> str | None:
+    """Why Flower could not listen on address:port (another process holds it), or None."""
+    host = "" if address in ("0.0.0.0", "::") else address  # noqa: S104 - what Flower binds
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve Flower's address {address!r}: {exc}"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            # As Tornado does, so a port in TIME_WAIT counts as free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue  # e.g. no IPv6 here: Flower would skip it too
+                holder = port_holder(port)
+                by = f" by {holder}" if holder else ""
+                return (f"port {port} on {address} is already in use{by} "
+                        f"(OSError: [Errno {errno.EADDRINUSE}] Address already in use): "
+                        "stop it or give flower.port another value")
+    return None
+
+
+def port_holder(port: int) -> str | None:
+    """Which process listens on TCP port (pid and name), as far as /proc lets us see."""
+    inodes = set(_listening_inodes(port))
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = str(fd.readlink())
+                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                        return f"pid {entry.name} ({_command(entry)})"
+    return None
+
+
+def _listening_inodes(port: int) -> Iterable[int]:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    yield int(fields[9])
+
+
+def _command(process: Path) -> str:
+    """The process's name only: its arguments may hold someone else's secrets."""
+    try:
+        return (process / "comm").read_text(encoding="utf-8", errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def check_before_start(specs: Sequence[ProcessSpec], flower: tuple[str, str, int] | None) -> None:
+    """Raise a LaunchError naming every service that cannot start, one line per cause
+    (services sharing a venv share the line); flower is (service, address, port)."""
+    problems = service_problems(specs)
+    if flower is not None and any(spec.name == flower[0] for spec in specs) and (
+            problem := port_problem(flower[1], flower[2])) is not None:
+        problems.append((flower[0], problem))
+    if not problems:
+        return
+    by_cause: dict[str, list[str]] = {}
+    for service, problem in problems:
+        by_cause.setdefault(problem, []).append(service)
+    raise LaunchError("\n".join(f"{', '.join(services)} cannot start: {problem}"
+                                for problem, services in by_cause.items()))
