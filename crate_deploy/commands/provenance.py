@@ -42,8 +42,10 @@ def refuse_foreign_site(output_dir: Path, project: str) -> None:
 
 
 def record_site_path(output_dir: Path, site_path: Path) -> None:
-    """Note where the rendered site file lies, for `drift` run from anywhere."""
-    write_file_atomically(output_dir / SITE_PATH_FILE, f"{site_path.resolve()}\n")
+    """Note where the rendered site file lies, for `drift` run from anywhere (rewritten
+    only when it moved: an unchanged render touches nothing)."""
+    if recorded_site_path(output_dir) != site_path.resolve():
+        write_file_atomically(output_dir / SITE_PATH_FILE, f"{site_path.resolve()}\n")
 
 
 def recorded_site_path(output_dir: Path) -> Path | None:
