@@ -95,7 +95,7 @@ def test_shell_completion_as_the_readme_says() -> None:
                            text=True, check=True, cwd=ROOT,
                            env={**os.environ, "_CRATE_DEPLOY_COMPLETE": "bash_complete",
                                 "COMP_WORDS": "crate-deploy re", "COMP_CWORD": "1"})
-    assert words.stdout.split() == ["plain,render", "plain,requeue"]
+    assert words.stdout.split() == ["plain,render", "plain,requeue", "plain,restart"]
 
 
 def test_requeue_takes_the_directory_first(run_cli: Callable[..., Result],
