@@ -111,6 +111,11 @@ def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
     raise LaunchError("the broker is unreachable: " + "; ".join(failures))
 
 
+def pool_nodes(site: Site) -> list[str]:
+    """Each pool's worker node name on this machine."""
+    return [node_name(worker).replace("%h", hostname()) for worker in site.workers]
+
+
 def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0) -> list[PoolHealth]:
     nodes = {worker.name: node_name(worker).replace("%h", hostname) for worker in site.workers}
     control = app.control

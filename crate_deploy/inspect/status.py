@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from crate_deploy.errors import LaunchError
-from crate_deploy.inspect import probe
+from crate_deploy.inspect import cluster, probe
 from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
     Deployment,
@@ -37,9 +37,13 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     except LaunchError as exc:
         report["broker"] = {"reachable": False, "error": str(exc)}
         return _finish(report, as_json, mask, up=False)
-    report["broker"] = {"reachable": True, "urls": [mask(url) for url in urls]}
+    nodes = cluster.broker_nodes(urls, mask) if len(urls) > 1 else []
+    report["broker"] = {"reachable": True, "urls": [mask(url) for url in urls],
+                        "nodes": [asdict(node) for node in nodes]}
+    nodes_fail, report["warnings"] = cluster.down_verdict(nodes, site.broker.tolerate_down)
     app = probe.control_app(urls, timeout=3.0)
     try:
+        brokers = cluster.worker_brokers(app, probe.pool_nodes(site), timeout)
         health = probe.FleetHealth(
             pools=probe.pool_health(app, site, probe.hostname(), timeout),
             queues=probe.queue_depths(app, site, timeout),
@@ -51,7 +55,8 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
         return _finish(report, as_json, mask, up=False)
     finally:
         app.close()
-    report.update(pools=[asdict(pool) | {"up": pool.up} for pool in health.pools],
+    report.update(pools=[asdict(pool) | {"up": pool.up, "broker": brokers.get(pool.node)}
+                         for pool in health.pools],
                   queues=[asdict(queue) for queue in health.queues],
                   flower=asdict(health.flower) if health.flower else None)
     processes = _processes(deployment)
@@ -59,7 +64,7 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     beat_up = _beat_up(deployment, processes)
     if site.beat.enabled:
         report["beat"] = {"up": beat_up}
-    up = not health.missing() and (beat_up or not site.beat.enabled)
+    up = not health.missing() and (beat_up or not site.beat.enabled) and not nodes_fail
     return _finish(report, as_json, mask, up=up)
 
 
@@ -102,9 +107,14 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(f"broker   DOWN  {broker['error']}")
         return "\n".join(lines)
     lines.append(f"broker   up    {', '.join(broker['urls'])}")
+    for node in broker.get("nodes", []):
+        lines.append(f"node     {node['address']:<21} {'up' if node['up'] else 'DOWN'}"
+                     + (f"  {node['error']}" if node["error"] else ""))
+    lines.extend(f"warning: {warning}" for warning in report.get("warnings", []))
     for pool in report["pools"]:
         state = "up" if pool["up"] else ("WRONG QUEUES" if pool["answering"] else "DOWN")
-        lines.append(f"pool     {pool['name']:<12} {state:<5} {pool['node']}  queues: "
+        on = f" on {pool['broker']}" if pool.get("broker") else ""
+        lines.append(f"pool     {pool['name']:<12} {state:<5} {pool['node']}{on}  queues: "
                      f"{', '.join(pool['queues']) or '-'} (site: {', '.join(pool['expected'])})")
     lines.append(f"{'queue':<24} {'ready':>7} {'unacked':>8} {'consumers':>10}")
     for queue in report["queues"]:
