@@ -133,9 +133,11 @@ class RabbitCluster:
         base = _port_block(60)
         home = root / "home"
         home.mkdir(parents=True, mode=0o700)
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper(), encoding="ascii")
-        cookie.chmod(0o400)  # Erlang refuses a cookie others can read
+        # Erlang refuses a cookie others can read: created 0400, whatever the umask.
+        descriptor = os.open(home / ".erlang.cookie", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o400)
+        with os.fdopen(descriptor, "w", encoding="ascii") as cookie:
+            cookie.write(secrets.token_hex(16).upper())
         nodes = []
         for index, letter in enumerate(NAMES):
             node_dir = root / letter
@@ -270,17 +272,12 @@ class RabbitCluster:
         """Start the application again (returns once it runs)."""
         self.ctl(node, "start_app", timeout=timeout)
 
-    def beam_pid(self, node: Node) -> int | None:
-        """The pid of node's Erlang VM, found by its node name in the command line."""
-        for pid in _pids_named(node.name):
-            return pid
-        return None
-
     def kill(self, node: Node) -> int:
         """SIGKILL node's Erlang VM (verified by its node name); returns the pid killed."""
-        pid = self.beam_pid(node)
-        if pid is None:
-            raise RuntimeError(f"no Erlang VM runs {node.name}")
+        pids = _pids_named(node.name)
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one Erlang VM running {node.name}, found {pids}")
+        pid = pids[0]
         os.kill(pid, signal.SIGKILL)
         process = self.processes.get(node.letter)
         if process is not None:
