@@ -97,3 +97,21 @@ def test_quorum_queues_need_celery_5_5(run_cli: Callable[..., Result],
     assert result.err.splitlines()[0] == (
         f"{site}:9:25: queues[0].type: needs Celery 5.5 or later, but the target has 5.4.0 "
         "(site); remove it or upgrade the application's Celery")
+
+
+TWO_BROKERS = MINIMAL.replace('urls: ["amqp://127.0.0.1:5672//"]',
+                              'urls: ["amqp://127.0.0.1:5672//", "amqp://127.0.0.2:5672//"]')
+
+
+def test_celery_5_2_on_several_brokers_is_told_to_restart_always(
+        run_cli: Callable[..., Result], write_site: Callable[..., Path], tmp_path: Path) -> None:
+    """5.2.7 workers exit 0 after an unrecoverable error (a classic queue's node down, in
+    tests/integration/test_cluster_faults.py): on-failure would leave them down."""
+    warned = run_cli("validate", write_site(TWO_BROKERS + "    celery_version: '5.2.7'\n"))
+    assert warned.code == 0
+    assert "systemd.restart: warning: Celery 5.2.7 workers exit with status 0" in warned.err
+    for quiet in (TWO_BROKERS + "    celery_version: '5.3.0'\n",
+                  MINIMAL + "    celery_version: '5.2.7'\n",
+                  TWO_BROKERS + "    celery_version: '5.2.7'\n    systemd: {restart: always}\n"):
+        result = run_cli("validate", write_site(quiet))
+        assert result.code == 0 and "warning" not in result.err, result.err

@@ -136,7 +136,8 @@ def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, Target
     versions, note = choose_versions(validated.site, output_dir)
     if note:
         click.echo(f"note: {note}", err=True)
-    check_versions(validated, versions)
+    for warning in check_versions(validated, versions):
+        click.echo(str(warning), err=True)
     return validated, versions
 
 

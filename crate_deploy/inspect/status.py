@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from crate_deploy.errors import LaunchError
-from crate_deploy.inspect import probe
+from crate_deploy.inspect import cluster, probe
 from crate_deploy.inspect.hosts import flower_status, host_lines, host_summary
 from crate_deploy.plan.placement import runs_beat
 from crate_deploy.secrets import Masker
@@ -41,20 +41,26 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     except LaunchError as exc:
         report["broker"] = {"reachable": False, "error": str(exc)}
         return _finish(report, as_json, mask, up=False)
-    report["broker"] = {"reachable": True, "urls": [mask(url) for url in urls]}
+    nodes = cluster.broker_nodes(urls, mask) if len(urls) > 1 else []
+    report["broker"] = {"reachable": True, "urls": [mask(url) for url in urls],
+                        "nodes": [asdict(node) for node in nodes]}
+    nodes_fail, report["warnings"] = cluster.down_verdict(nodes, site.broker.tolerate_down)
     app = probe.control_app(urls, timeout=3.0)
     try:
         health = probe.FleetHealth(
             pools=probe.pool_health(app, site, probe.hostname(), timeout),
             queues=probe.queue_depths(app, site, timeout),
             flower=flower_status(site, deployment.host, flower_credentials(site, secrets)))
+        brokers = cluster.worker_brokers(
+            app, [pool.node for pool in health.pools if pool.answering], timeout)
     except probe.broker_errors(app) as exc:  # lost the broker after check_broker
         error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
         report["broker"] = {"reachable": False, "error": error}
         return _finish(report, as_json, mask, up=False)
     finally:
         app.close()
-    report.update(pools=[asdict(pool) | {"up": pool.up} for pool in health.pools],
+    report.update(pools=[asdict(pool) | {"up": pool.up, "broker": brokers.get(pool.node)}
+                         for pool in health.pools],
                   queues=[asdict(queue) for queue in health.queues],
                   flower=asdict(health.flower) if health.flower else None)
     processes = _processes(deployment)
@@ -63,7 +69,7 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     beat_here = runs_beat(site, deployment.host)  # beat answers no ping: seen on its host only
     if beat_here:
         report["beat"] = {"up": beat_up}
-    up = not health.missing() and (beat_up or not beat_here)
+    up = not health.missing() and (beat_up or not beat_here) and not nodes_fail
     if site.hosts:
         report["hosts"] = host_summary(site, health.pools, deployment.host, health.flower,
                                        beat_up)
@@ -126,9 +132,12 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(f"broker   DOWN  {broker['error']}")
         return "\n".join(lines)
     rows = [("broker", "", "up", ", ".join(broker["urls"]))]
+    rows += [("node", node["address"], "up" if node["up"] else "DOWN", node["error"] or "")
+             for node in broker.get("nodes", [])]
     for pool in report["pools"]:
         state = "up" if pool["up"] else ("WRONG QUEUES" if pool["answering"] else "DOWN")
-        rows.append(("pool", pool["name"], state, f"{pool['node']}  queues: "
+        on = f" on {pool['broker']}" if pool.get("broker") else ""
+        rows.append(("pool", pool["name"], state, f"{pool['node']}{on}  queues: "
                      f"{', '.join(pool['queues']) or '-'} (site: {', '.join(pool['expected'])})"))
     if "beat" in report:
         rows.append(("beat", "", "up" if report["beat"]["up"] else "DOWN", ""))
@@ -142,6 +151,7 @@ def _text(report: dict[str, Any]) -> str:
             detail += f"  since {process['since']}"
         rows.append(("process", name, process["state"], detail))
     lines.extend(_columns(rows))
+    lines.extend(f"warning: {warning}" for warning in report.get("warnings", []))
     lines.append("")
     width = max([len("queue"), *(len(queue["name"]) for queue in report["queues"])])
     lines.append(f"{'queue':<{width}} {'ready':>7} {'unacked':>8} {'consumers':>10}")

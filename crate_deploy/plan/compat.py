@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from crate_deploy.plan.settings import Settings
 from crate_deploy.site.load import Loc
 from crate_deploy.site.model import Site
-from crate_deploy.target.versions import Kind, TargetVersions, unsupported
+from crate_deploy.target.versions import Kind, TargetVersions, release, unsupported
 
 # Worker fields of the site file and the Celery setting (or worker option) each becomes.
 WORKER_FEATURES: dict[str, tuple[Kind, str]] = {
@@ -41,8 +41,9 @@ def explicit_features(site: Site) -> Iterator[tuple[Loc, Kind, str]]:
 
 
 def version_findings(site: Site, versions: TargetVersions) -> list[tuple[Loc, str, str]]:
-    """An error for each explicit feature the target's versions do not have."""
-    findings = []
+    """An error for each explicit feature the target's versions do not have (and a warning
+    where the target's behaviour needs a setting the site lacks)."""
+    findings = _exit_status_findings(site, versions)
     for loc, kind, name in explicit_features(site):
         for _, since in unsupported([name], versions, kind):
             needs = f"needs {'Flower' if kind == 'flower' else 'Celery'} {since[0]}.{since[1]}"
@@ -67,3 +68,18 @@ def drop_unknown(settings: Settings, versions: TargetVersions,
     notes = [f"left out {name}: {product} {have} does not know it (added in "
              f"{since[0]}.{since[1]})" for name, since in missing.items()]
     return {key: value for key, value in settings.items() if key not in missing}, notes
+
+
+def _exit_status_findings(site: Site, versions: TargetVersions) -> list[tuple[Loc, str, str]]:
+    """Celery < 5.3 workers exit 0 after an unrecoverable error (the 5.2 command returns
+    the exit code instead of exiting with it; 5.3.0 calls ctx.exit). On a cluster the
+    common one is a classic queue whose node is down (404 on declare): measured in
+    tests/integration/test_cluster_faults.py, Restart=on-failure then left the pool down
+    for good after the node was back."""
+    if release(versions.celery) >= (5, 3, 0) or len(site.broker.urls) < 2 \
+            or site.systemd.restart == "always":
+        return []
+    return [(("systemd", "restart"), f"Celery {versions.celery} workers exit with status 0 "
+             "after an unrecoverable error, such as a classic queue whose broker node is "
+             "down, so on-failure leaves the pool down after the node is back: use "
+             "restart: always with several broker URLs", "warning")]

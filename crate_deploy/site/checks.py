@@ -164,6 +164,10 @@ def _failover(site: Site) -> Iterator[Finding]:
         if scheme != schemes[0]:
             yield (("broker", "urls", index), f"uses {scheme}:// but urls[0] uses "
                    f"{schemes[0]}://; failover URLs must share one transport", "error")
+    if site.broker.tolerate_down >= len(site.broker.urls):
+        yield (("broker", "tolerate_down"), f"{site.broker.tolerate_down} would tolerate "
+               f"every one of the {len(site.broker.urls)} broker URL(s) being down: use at "
+               f"most {len(site.broker.urls) - 1}", "error")
 
 
 def _flower(site: Site) -> Iterator[Finding]:

@@ -145,6 +145,11 @@ class Broker(Strict):
     """Seconds to wait for a broker connection."""
     connection_retries: Annotated[int, Field(ge=0, le=1000)] | None = None
     """How often to retry a lost connection before giving up (unset: forever)."""
+    tolerate_down: Annotated[int, Field(ge=0, le=15)] = 0
+    """How many of the broker URLs (nodes of one RabbitMQ cluster) may be unreachable while
+    `crate-deploy status` still exits 0: it names them in a warning instead. 0: any node
+    down makes status fail. Must be less than the number of URLs.
+    """
 
 
 class Results(Strict):

@@ -59,11 +59,16 @@ class ValidatedSite:
     loaded: LoadedSite
 
 
-def check_versions(validated: ValidatedSite, versions: TargetVersions) -> None:
-    """Refuse features the target's Celery or Flower is too old for, at their keys."""
+def check_versions(validated: ValidatedSite, versions: TargetVersions) -> list[Problem]:
+    """Refuse features the target's Celery or Flower is too old for, at their keys; return
+    the warnings about what the target needs of the site."""
     findings = version_findings(validated.site, versions)
-    if findings:
-        raise SiteError([validated.loaded.problem(loc, message) for loc, message, _ in findings])
+    errors = [validated.loaded.problem(loc, message)
+              for loc, message, severity in findings if severity == "error"]
+    if errors:
+        raise SiteError(errors)
+    return [validated.loaded.problem(loc, message, severity)
+            for loc, message, severity in findings if severity != "error"]
 
 
 def validate_file(path: Path) -> ValidatedSite:
