@@ -60,5 +60,5 @@ def test_status_text_shows_nodes_warnings_and_each_pool_s_broker() -> None:
     assert "node    127.0.0.1:5000  up" in lines  # the columns line up with the rest
     assert "node    127.0.0.1:5001  DOWN  refused" in lines
     assert "warning: broker node(s) down: 127.0.0.1:5001 ..." in lines
-    assert any(line.startswith("pool     w") and "w@h on 127.0.0.1:5000" in line
+    assert any(line.startswith("pool    w") and "w@h on 127.0.0.1:5000" in line
                for line in lines)
