@@ -52,11 +52,13 @@ def validate(site: Path, output_dir: Path) -> int:
               default=DEFAULT_OUTPUT_DIR, show_default=True, help="Directory to render into.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if something would change.")
 @click.option("--diff", "show_diff", is_flag=True, help="Show what changes, secrets masked.")
-def render(site: Path, output_dir: Path, check: bool, show_diff: bool) -> int:
-    """Render systemd units, Celery and Flower config for a site file."""
+@click.option("--target", type=click.Choice(["systemd", "kubernetes"]), default="systemd",
+              show_default=True, help="systemd units, or Kubernetes manifests (kubernetes/).")
+def render(site: Path, output_dir: Path, check: bool, show_diff: bool, target: str) -> int:
+    """Render systemd units (or Kubernetes manifests), Celery and Flower config."""
     from crate_deploy.commands.render import render_command
 
-    return render_command(site, output_dir, check=check, show_diff=show_diff)
+    return render_command(site, output_dir, check=check, show_diff=show_diff, target=target)
 
 
 @cli.command()

@@ -13,7 +13,12 @@ from crate_deploy.plan.names import DEPLOYMENT_FILE
 from crate_deploy.render import render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
-from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
+from crate_deploy.site.validate import (
+    ValidatedSite,
+    check_target,
+    check_versions,
+    validate_file,
+)
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
 from crate_deploy.write import apply_changes, plan_changes
@@ -29,12 +34,14 @@ def validate_command(site_path: Path, output_dir: Path) -> int:
     return 0
 
 
-def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool) -> int:
+def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
+                   target: str = "systemd") -> int:
     validated, versions = _validated(site_path, output_dir)
+    check_target(validated, target)
     site = validated.site
     config_dir = site.paths.config_dir or _plain_config_dir(output_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
-    rendering = render_site(site, str(site_path), config_dir, versions, stamp)
+    rendering = render_site(site, str(site_path), config_dir, versions, stamp, target)
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
     changes = plan_changes(output_dir, rendering.files)

@@ -36,6 +36,9 @@ def check_site(site: Site) -> list[Finding]:
                  _stop_timeouts, _extra_args, _failover, _flower, _secrets, _executable,
                  _schedule, _environment):
         findings.extend(rule(site))
+    from crate_deploy.site.kubernetes_checks import section_findings
+
+    findings.extend(section_findings(site))
     return findings
 
 
