@@ -6,6 +6,7 @@ $(NAME) expansion in command and env), so a test can run it on this machine.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -62,15 +63,59 @@ def _keda_validator() -> jsonschema.Draft202012Validator:
 
 
 def validate_manifest(document: dict[str, Any]) -> None:
-    """Raise unless the object is valid: Kubernetes kinds against the API's own schemas
-    (strict: unknown fields refused), KEDA's against tests/schemas/keda.json."""
+    """Raise unless the object is valid: Kubernetes kinds against the API's own schemas as
+    kubernetes-validate ships them (strict: unknown fields refused), KEDA's against
+    tests/schemas/keda.json."""
     if document["apiVersion"].startswith("keda.sh/"):
         _keda_validator().validate(document)
         return
-    import kubernetes_validate
-
     for version in KUBERNETES_VERSIONS:
-        kubernetes_validate.validate(document, version, strict=True)
+        _kubernetes_validator(document["kind"], document["apiVersion"], version).validate(
+            document)
+    _api_server_checks(document)
+
+
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+DNS_1035_LABEL = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def _api_server_checks(document: dict[str, Any]) -> None:
+    """What the API server checks beyond the OpenAPI schema: object names (Services: DNS-1035
+    labels of at most 63), label keys and values, on the object and its pod template."""
+    metadata = document["metadata"]
+    name = metadata["name"]
+    if document["kind"] == "Service":
+        assert DNS_1035_LABEL.fullmatch(name) and len(name) <= 63, f"Service name {name!r}"
+    assert DNS_SUBDOMAIN.fullmatch(name) and len(name) <= 253, f"object name {name!r}"
+    template = document.get("spec", {}).get("template", {}).get("metadata", {})
+    selector = document.get("spec", {}).get("selector", {})
+    for labels in (metadata.get("labels", {}), template.get("labels", {}),
+                   selector.get("matchLabels", selector if document["kind"] == "Service" else {})):
+        for key, value in labels.items():
+            prefix, _, label = key.rpartition("/")
+            assert LABEL_NAME.fullmatch(label) and len(label) <= 63, f"label key {key!r}"
+            assert not prefix or (DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253), key
+            assert value == "" or (LABEL_NAME.fullmatch(value) and len(value) <= 63), (
+                f"label value {value!r}")
+
+
+@cache
+def _kubernetes_validator(kind: str, api_version: str,
+                          version: str) -> jsonschema.Draft202012Validator:
+    """What kubernetes_validate.validate(strict=True) builds, once per kind and version
+    (it reads the 4 MB definitions file on every call)."""
+    from kubernetes_validate.utils import all_versions, schema_contents
+    from referencing import Registry, Resource
+
+    full = next(v for v in all_versions() if v.rsplit(".", 1)[0] == version)
+    folder = f"kubernetes-json-schema/v{full}-local-strict"
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = schema_contents(f"{folder}/{kind.lower()}-{group}.json", full)
+    definitions = schema_contents(f"{folder}/_definitions.json", full)
+    registry: Registry[Any] = Resource.from_contents(definitions) @ (
+        Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 # --- what a kubelet does --------------------------------------------------------------

@@ -9,10 +9,11 @@ silently ignored (replicas under KEDA, KEDA bounds without KEDA) is an error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from crate_deploy.site.checks import Finding, _is_loopback
-from crate_deploy.site.kubernetes import Keda
+from crate_deploy.site.kubernetes import DNS_LABEL_PATTERN, Keda
 from crate_deploy.site.load import Loc
 from crate_deploy.site.model import Site
 
@@ -68,13 +69,14 @@ def target_findings(site: Site) -> Iterator[Finding]:
         yield (HERE, "render --target kubernetes needs a kubernetes section with at least "
                "the image (kubernetes: {image: registry/app:tag})", "error")
         return
-    if "_" in site.project:
-        yield (("project",), f"{site.project!r}: Kubernetes names cannot hold '_'; use '-'",
-               "error")
-    for index, worker in enumerate(site.workers):
-        if "_" in worker.name:
-            yield (("workers", index, "name"), f"{worker.name!r}: Kubernetes names cannot "
-                   "hold '_'; use '-'", "error")
+    names: list[tuple[Loc, str]] = [(("project",), site.project)]
+    names.extend((("workers", index, "name"), worker.name)
+                 for index, worker in enumerate(site.workers))
+    for loc, name in names:
+        if re.fullmatch(DNS_LABEL_PATTERN, name) is None:
+            yield (loc, f"{name!r}: Kubernetes names and labels take lowercase letters, "
+                   "digits and '-' only ('_' is refused), ending with a letter or digit",
+                   "error")
     flower = site.flower
     # A non-loopback address without auth is refused for every target already.
     if (flower.enabled and not flower.auth and not flower.insecure_no_auth
