@@ -68,7 +68,6 @@ def target_findings(site: Site) -> Iterator[Finding]:
     if site.kubernetes is None:
         yield (HERE, "render --target kubernetes needs a kubernetes section with at least "
                "the image (kubernetes: {image: registry/app:tag})", "error")
-        return
     names: list[tuple[Loc, str]] = [(("project",), site.project)]
     names.extend((("workers", index, "name"), worker.name)
                  for index, worker in enumerate(site.workers))
