@@ -304,6 +304,12 @@ def test_render_defaults_to_systemd(run_cli: Callable[..., Result], tmp_path: Pa
      "kubernetes.labels.app.kubernetes.io/name: app.kubernetes.io/name is set by crate-deploy"),
     ("kubernetes:\n  image: a/b:1\n  labels: {team: -x}\n", "kubernetes.labels.team: must be "
      "a label value"),
+    ("environment: {HOSTNAME: x}\nkubernetes: {image: \"a/b:1\"}\n",
+     "environment.HOSTNAME: in Kubernetes HOSTNAME is the pod's name"),
+    ("paths: {state_dir: /tmp}\nkubernetes: {image: \"a/b:1\"}\n",
+     "paths.state_dir: in Kubernetes the state directory is an emptyDir of its own"),
+    ("paths: {config_dir: /etc/x, state_dir: /etc/x/state}\nkubernetes: {image: \"a/b:1\"}\n",
+     "paths.state_dir: in Kubernetes the state directory is an emptyDir of its own"),
 ])
 def test_bad_kubernetes_sites_are_refused_with_their_position(
         run_cli: Callable[..., Result], write_site: Callable[..., Path], tmp_path: Path,
@@ -329,6 +335,16 @@ def test_names_kubernetes_refuses_are_refused_only_for_kubernetes(
     path.write_text(path.read_text().replace("my_app", "app").replace("big_pool", "pool-"))
     result = run_cli("render", path, "-o", tmp_path / "k8s", "--target", "kubernetes")
     assert result.code == 2 and "workers[0].name: 'pool-': Kubernetes names" in result.err
+
+
+def test_an_environment_variable_named_like_a_secret_is_refused(
+        run_cli: Callable[..., Result], write_site: Callable[..., Path], tmp_path: Path) -> None:
+    path = write_site(MINIMAL.replace("amqp://127.0.0.1", "amqp://u:${PW}@127.0.0.1")
+                      + "    secrets_file: /etc/x.env\n    environment: {PW: plain}\n"
+                      "    kubernetes: {image: \"a/b:1\"}\n")
+    result = run_cli("render", path, "-o", tmp_path / "k8s", "--target", "kubernetes")
+    assert result.code == 2
+    assert "environment.PW: PW is also a key of the Secret (a ${PW} reference)" in result.err
 
 
 def test_flower_on_loopback_without_auth_is_refused_for_kubernetes(

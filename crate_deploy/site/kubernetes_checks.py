@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from crate_deploy.site.checks import Finding, _is_loopback
 from crate_deploy.site.kubernetes import DNS_LABEL_PATTERN, Keda
 from crate_deploy.site.load import Loc
-from crate_deploy.site.model import Site
+from crate_deploy.site.model import SECRET_REFERENCE, Site
 
 HERE: Loc = ("kubernetes",)
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
@@ -76,9 +76,41 @@ def target_findings(site: Site) -> Iterator[Finding]:
             yield (loc, f"{name!r}: Kubernetes names and labels take lowercase letters, "
                    "digits and '-' only ('_' is refused), ending with a letter or digit",
                    "error")
+    yield from _environment(site)
+    yield from _mount_paths(site)
     flower = site.flower
     # A non-loopback address without auth is refused for every target already.
     if (flower.enabled and not flower.auth and not flower.insecure_no_auth
             and _is_loopback(flower.address)):
         yield (("flower", "auth"), "in Kubernetes Flower listens on the pod's address, for "
                "its Service: add flower.auth (or set insecure_no_auth: true)", "error")
+
+
+def _environment(site: Site) -> Iterator[Finding]:
+    """Names the containers set themselves: HOSTNAME (the pod's name, which the node name
+    and the startup probe read) and the Secret's keys (one env entry each: a second entry
+    of the same name breaks `kubectl apply`'s merge)."""
+    secrets = {name for url in [*site.broker.urls, site.results.backend or ""]
+               for name in SECRET_REFERENCE.findall(url)}
+    secrets.update(name for user in site.flower.auth
+                   for name in SECRET_REFERENCE.findall(user.password))
+    for name in site.environment:
+        if name == "HOSTNAME":
+            yield (("environment", name), "in Kubernetes HOSTNAME is the pod's name (the "
+                   "workers' node names use it): remove it here", "error")
+        elif name in secrets:
+            yield (("environment", name), f"{name} is also a key of the Secret (a ${{{name}}} "
+                   "reference): give the variable another name", "error")
+
+
+def _mount_paths(site: Site) -> Iterator[Finding]:
+    """The config directory (a read-only ConfigMap), the state directory and /tmp (both
+    emptyDirs) are mounted separately: none may be another, or inside the read-only one."""
+    config, state = site.paths.config_dir, site.paths.state_dir
+    if state is not None and (state == "/tmp" or (config is not None and (  # noqa: S108
+            state == config or state.startswith(config + "/")))):
+        yield (("paths", "state_dir"), "in Kubernetes the state directory is an emptyDir of "
+               "its own: it cannot be /tmp, the config_dir or inside it", "error")
+    if config == "/tmp":  # noqa: S108
+        yield (("paths", "config_dir"), "in Kubernetes /tmp is an emptyDir of its own: put "
+               "the config_dir elsewhere (/etc/crate-deploy/PROJECT)", "error")
