@@ -129,10 +129,25 @@ def test_rendered_pods_start_probe_and_stop_warmly(cluster: dict[str, Any]) -> N
 
 
 def _flower_demands_its_password(flower: Pod, site: DemoSite) -> None:
-    url = f"http://127.0.0.1:{flower.spec['ports'][0]['containerPort']}/api/workers"
+    port = flower.spec["ports"][0]["containerPort"]
+    # On the pod's every address (its Service reaches the pod IP), not the site's loopback.
+    assert ("0.0.0.0", port) in _listening(), f"Flower not on 0.0.0.0:{port}"
+    url = f"http://127.0.0.1:{port}/api/workers"
     assert http_status(url) == 401
     assert http_status(url, (site.flower_user, "not-the-password")) == 401
     assert http_status(url, (site.flower_user, site.flower_password), timeout=30) == 200
+
+
+def _listening() -> set[tuple[str, int]]:
+    """IPv4 TCP sockets listening on this machine, as (address, port)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A":  # LISTEN
+            address, port = local.split(":")
+            octets = [str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)]
+            found.add((".".join(octets), int(port, 16)))
+    return found
 
 
 def _messages_in_queue(client: Any, queue: str) -> int:
