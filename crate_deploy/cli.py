@@ -77,17 +77,21 @@ def validate(sites: tuple[Path, ...]) -> int:
 @click.option("--force", is_flag=True,
               help="Render even over another project's rendered site (its files are removed).")
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged files too.")
+@click.option("--target", type=click.Choice(["systemd", "kubernetes"]), default="systemd",
+              show_default=True, help="systemd units, or Kubernetes manifests (kubernetes/).")
 def render(site: Path, directory: Path | None, output_dir: Path | None, check: bool,
            show_diff: bool, as_json: bool, host: str | None, all_hosts: bool, force: bool,
-           verbose: bool) -> int:
-    """Render systemd units, Celery and Flower config for a site file into DIRECTORY."""
+           verbose: bool, target: str) -> int:
+    """Render systemd units (or Kubernetes manifests), Celery and Flower config for a site
+    file into DIRECTORY."""
     from crate_deploy.commands.render import render_command
 
     if directory and output_dir and directory != output_dir:
         raise UsageError(f"two output directories ({directory} and -o {output_dir}): give one")
     return render_command(site, directory or output_dir or DEFAULT_OUTPUT_DIR, check=check,
                           show_diff=show_diff, as_json=as_json, host=host,
-                          all_hosts=all_hosts, force=force, verbose=verbose)
+                          all_hosts=all_hosts, force=force, verbose=verbose,
+                          target=target)
 
 
 @cli.command()

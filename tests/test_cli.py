@@ -79,8 +79,8 @@ def test_help_lists_every_command_without_cutting_its_description() -> None:
                             env={**os.environ, "COLUMNS": "60"})
     listing = " ".join(result.stdout.split("Commands:")[1].split())
     assert "..." not in listing
-    assert ("render Render systemd units, Celery and Flower config for a site file into "
-            "DIRECTORY.") in listing
+    assert ("render Render systemd units (or Kubernetes manifests), Celery and Flower config "
+            "for a site file into DIRECTORY.") in listing
     assert "status Say what is up and what each queue holds; exit 1 unless everything is " \
            "up." in listing
 

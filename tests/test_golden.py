@@ -20,10 +20,12 @@ from tests.conftest import EXAMPLES, ROOT
 
 GOLDEN = Path(__file__).parent / "golden"
 OUTPUT = "/srv/rendered"  # the config_dir used when a site leaves it to the output directory
-CASES = {"minimal": "minimal.yaml", "site": "site.yaml", "demo": "demo/site.yaml"}
+CASES = {"minimal": "minimal.yaml", "site": "site.yaml", "demo": "demo/site.yaml",
+         "site-kubernetes": "site.yaml", "kubernetes": "kubernetes.yaml"}
+TARGETS = {"site-kubernetes": "kubernetes", "kubernetes": "kubernetes"}  # else systemd
 
 
-def rendered(example: str) -> dict[str, str]:
+def rendered(example: str, target: str = "systemd") -> dict[str, str]:
     validated = validate_file(EXAMPLES / example)
     site = validated.site
     config_dir = site.paths.config_dir or OUTPUT
@@ -31,14 +33,14 @@ def rendered(example: str) -> dict[str, str]:
     # known (probing would tie the goldens to whatever this machine has installed).
     versions = choose_versions(site, Path("/nonexistent"))[0] if site.celery_version else (
         NEWEST_KNOWN)
-    rendering = render_site(site, f"examples/{example}", config_dir, versions)
+    rendering = render_site(site, f"examples/{example}", config_dir, versions, target=target)
     # The demo's relative paths resolve inside this checkout: keep goldens portable.
     return {file.path: file.content.replace(str(ROOT), "@ROOT@") for file in rendering.files}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_example_matches_golden_files(case: str) -> None:
-    files = rendered(CASES[case])
+    files = rendered(CASES[case], TARGETS.get(case, "systemd"))
     directory = GOLDEN / case
     if os.environ.get("CRATE_DEPLOY_UPDATE_GOLDEN"):
         shutil.rmtree(directory, ignore_errors=True)

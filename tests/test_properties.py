@@ -508,3 +508,96 @@ def test_strategies_stay_inside_the_model_patterns(name: str, queue: str, app: s
                          (task, DOTTED_PATTERN), (env, ENV_NAME_PATTERN),
                          (route, ROUTE_PATTERN)):
         assert re.fullmatch(regex, value), (value, regex)
+
+
+# --- (e) Kubernetes manifests: valid, and the plan's argv and environment, exactly ------
+
+KUBE_NAMES = pattern(r"[a-z][a-z0-9-]{0,20}[a-z0-9]")
+QUANTITIES = st.one_of(st.sampled_from(["100m", "1", "1.5", "512Mi", "2Gi", "64k"]),
+                       st.integers(1, 64).map(str))
+
+
+@st.composite
+def kubernetes_section(draw: st.DrawFn, pools: list[str]) -> dict[str, Any]:
+    def resources() -> dict[str, Any]:
+        return {part: {kind: draw(QUANTITIES) for kind in draw(st.lists(
+            st.sampled_from(["cpu", "memory"]), unique=True))} for part in ("requests", "limits")}
+
+    keda = draw(st.booleans())
+    section: dict[str, Any] = {
+        "image": draw(st.sampled_from(["app", "registry.example.org:5000/team/app",
+                                       "ghcr.io/o-1/a.b_c"])) + ":" + draw(
+            pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}")),
+        "image_pull_policy": draw(st.sampled_from(["IfNotPresent", "Always", "Never"])),
+        "image_pull_secrets": draw(st.lists(KUBE_NAMES, max_size=2)),
+        "labels": draw(st.dictionaries(pattern(r"[a-z]{1,8}(\.[a-z]{1,5})?/[a-z]{1,8}"),
+                                       pattern(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,10}[A-Za-z0-9])?)?"),
+                                       max_size=2)),
+        "annotations": draw(st.dictionaries(pattern(r"[a-z]{1,8}"), PRINTABLE, max_size=2)),
+        "keda": {"enabled": keda},
+        "pools": {},
+    }
+    for key, value in (("namespace", KUBE_NAMES), ("service_account", KUBE_NAMES),
+                       ("secret", KUBE_NAMES), ("run_as_user", st.integers(1, 2**31 - 1))):
+        if draw(st.booleans()):
+            section[key] = draw(value)
+    if draw(st.booleans()):
+        section["resources"] = resources()
+    for pool in draw(st.lists(st.sampled_from(pools), unique=True)):
+        low = draw(st.integers(0, 5))
+        section["pools"][pool] = ({"min_replicas": low, "max_replicas": low + draw(
+            st.integers(1, 20))} if keda else {"replicas": draw(st.integers(0, 50))})
+        if draw(st.booleans()):
+            section["pools"][pool]["resources"] = resources()
+    return section
+
+
+@st.composite
+def kubernetes_sites(draw: st.DrawFn) -> dict[str, Any]:
+    site = draw(sites())
+    site["project"] = site["project"].replace("_", "-")
+    for worker in site["workers"]:
+        worker["name"] = worker["name"].replace("_", "-")
+    if site["broker"]["urls"][0].startswith("redis"):
+        site["broker"]["urls"] = [url.replace("redis://", "amqp://", 1).rsplit("/", 1)[0] + "/v"
+                                  for url in site["broker"]["urls"]]
+    site["kubernetes"] = draw(kubernetes_section([w["name"] for w in site["workers"]]))
+    return site
+
+
+def kubernetes_render(site: Site, config_dir: str) -> dict[str, str]:
+    from crate_deploy.site.kubernetes_checks import target_findings
+
+    assume(not list(target_findings(site)))  # Flower on loopback without auth ...
+    files = render_site(site, "site.yaml", config_dir, NEWEST_KNOWN, target="kubernetes").files
+    return {file.path: file.content for file in files}
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=kubernetes_sites(), config_dir=CONFIG_DIRS)
+def test_kubernetes_manifests_are_valid_and_run_the_plan(data: dict[str, Any],
+                                                         config_dir: str) -> None:
+    from tests.kube import command, container, environment, manifests, of_kind, validate_manifest
+
+    site = accepted(data)
+    files = kubernetes_render(site, config_dir)
+    documents = manifests(files)
+    for document in documents:
+        validate_manifest(document)
+    secret = site.kubernetes.secret if site.kubernetes and site.kubernetes.secret else (
+        f"{site.project}-secrets")
+    secrets = {secret: {name: f"<{name}>" for name in ("BROKER_PASSWORD", "REDIS_PASSWORD")}}
+    secrets[secret].update({user["password"][2:-1]: "pw" for user in data["flower"].get(
+        "auth", [])})
+    plain = dict(site.environment)
+    python_path = ":".join([config_dir, *filter(None, [plain.pop("PYTHONPATH", "")])])
+    for name, deployment in of_kind(documents, "Deployment").items():
+        spec = container(deployment)
+        env = environment(spec, secrets, pod_name="pod-1")
+        argv = intended_argv(site, f"{name}.service", config_dir)
+        argv = [arg.replace("@%h", "@pod-1", 1) if arg.startswith("--hostname=") else arg
+                for arg in argv] + (["--address=0.0.0.0"] if name.endswith("-flower") else [])
+        assert command(spec, env) == argv
+        assert {key: env[key] for key in plain} == plain
+        assert env["PYTHONPATH"] == python_path

@@ -25,7 +25,12 @@ from crate_deploy.render import Rendering, render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
 from crate_deploy.site.sandbox import hidden_by_sandbox
-from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
+from crate_deploy.site.validate import (
+    ValidatedSite,
+    check_target,
+    check_versions,
+    validate_file,
+)
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
 from crate_deploy.write import FileChange, apply_changes, plan_changes
@@ -45,15 +50,17 @@ def validate_command(site_path: Path) -> int:
 
 def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
                    as_json: bool = False, host: str | None = None, all_hosts: bool = False,
-                   force: bool = False, verbose: bool = False) -> int:
+                   force: bool = False, verbose: bool = False, target: str = "systemd") -> int:
     validated, versions = _validated(site_path, output_dir)
+    check_target(validated, target)
     site = validated.site
     notes = stale_hosts(site, output_dir) if all_hosts else []
     planned: list[tuple[Path, list[FileChange]]] = []
     for share, directory in render_shares(site, output_dir, host, all_hosts):
         if not force:
             refuse_foreign_site(directory, site.project)
-        rendering = _render(validated, versions, site_path, directory, share=share, warn=True)
+        rendering = _render(validated, versions, site_path, directory, share=share,
+                            target=target, warn=True)
         notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
                   if note not in notes]
         planned.append((directory, plan_changes(directory, rendering.files)))
@@ -118,14 +125,14 @@ def render_in_memory(site_path: Path, output_dir: Path, source: str | None = Non
 
 def _render(validated: ValidatedSite, versions: TargetVersions, site_path: Path,
             directory: Path, source: str | None = None, share: str | None = None,
-            warn: bool = False) -> Rendering:
+            target: str = "systemd", warn: bool = False) -> Rendering:
     site = validated.site
     config_dir = site.paths.config_dir or _plain_config_dir(directory)
     if warn and site.paths.config_dir is None:
         _warn_if_hidden(site, config_dir)
     stamp = version_stamp(site) if versions.source == "probed" else None
     return render_site(site, source or source_name(site_path), config_dir, versions, stamp,
-                       share)
+                       share, target)
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:

@@ -28,13 +28,22 @@ class Rendering:
 
 
 def render_site(site: Site, source: str, config_dir: str, versions: TargetVersions,
-                stamp: str | None = None, host: str | None = None) -> Rendering:
+                stamp: str | None = None, host: str | None = None,
+                target: str = "systemd") -> Rendering:
     """Every file the site needs, with config_dir as the place they will live on the server
     (for a site with hosts:, every file one host's share needs).
 
-    `stamp` identifies the probed celery program, so the next render can reuse the probe.
+    `stamp` identifies the probed celery program, so the next render can reuse the probe;
+    `target` is systemd (units) or kubernetes (manifests), beside the same config files.
     """
     plan = build_plan(site, config_dir, host)
     config = ConfigRenderer(site, source, versions, stamp=stamp)
-    files = [*config.files(plan), *SystemdRenderer(site, source, versions).files(plan)]
+    config_files = config.files(plan)
+    if target == "kubernetes":
+        from crate_deploy.render.kubernetes import KubernetesRenderer
+
+        output = KubernetesRenderer(site, source, versions, config_files).files(plan)
+    else:
+        output = SystemdRenderer(site, source, versions).files(plan)
+    files = [*config_files, *output]
     return Rendering(sorted(files, key=lambda f: f.path), config.notes)

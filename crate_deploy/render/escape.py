@@ -7,6 +7,7 @@ Python modules (plain data only, so no value from the site file can become code)
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from crate_deploy.errors import RenderError
@@ -85,3 +86,58 @@ def seconds(value: float) -> str:
     if value == int(value):
         return f"{int(value)}s"
     return f"{max(1, round(value * 1000))}ms"
+
+
+# --- Kubernetes manifests (YAML) -----------------------------------------------------
+
+# Plain YAML scalars that read back as the same string under YAML 1.1 and 1.2 alike.
+_YAML_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./@=+-]*")
+_YAML_SPECIAL = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null", "~"})
+
+
+def yaml_scalar(value: str | int | float | bool) -> str:
+    """One YAML scalar: numbers and booleans as such, a string plain when it cannot be
+    read as anything else, else double-quoted with every awkward character escaped."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        _check_literal(value)
+        return repr(value)
+    if _YAML_PLAIN.fullmatch(value) and value.lower() not in _YAML_SPECIAL:
+        return value
+    import yaml  # only Kubernetes renders need it
+
+    # allow_unicode=False: everything outside printable ASCII becomes \x, \u or \U escapes
+    # (never raw U+2028 or U+0085, which YAML 1.1 readers take as line breaks).
+    dumped = yaml.safe_dump(value, default_style='"', allow_unicode=False, width=2**31,
+                            explicit_end=False)
+    return dumped.removesuffix("\n").removesuffix("\n...")
+
+
+def kubernetes_expansion(value: str) -> str:
+    """A literal for a container's command, args or env value: the kubelet expands $(NAME)
+    there and turns $$ into $, so every '$' is doubled."""
+    return value.replace("$", "$$")
+
+
+def yaml_text_mapping(data: dict[str, str], indent: int) -> str:
+    """A mapping of names to file contents (a ConfigMap's data), each as a literal block
+    when YAML can hold it byte for byte that way, else double-quoted."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    dumped = yaml.dump(data, Dumper=Dumper, allow_unicode=False, width=2**31,
+                       sort_keys=False, default_flow_style=False)
+    # A last block kept with its trailing blank lines (|+) makes PyYAML end the document
+    # ("..."); in a manifest more may follow, and the next key ends the block as well.
+    dumped = dumped.removesuffix("...\n")
+    pad = " " * indent
+    return "".join(pad + line if line.strip() else line
+                   for line in dumped.splitlines(keepends=True))

@@ -15,11 +15,14 @@ import jinja2
 from crate_deploy.errors import RenderError
 from crate_deploy.render.escape import (
     env_value,
+    kubernetes_expansion,
     python_literal,
     seconds,
     unit_assignment,
     unit_command,
     unit_text,
+    yaml_scalar,
+    yaml_text_mapping,
 )
 
 
@@ -34,7 +37,9 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(py=python_literal, unit_env=unit_assignment, unit_command=unit_command,
-                       unit_text=unit_text, env_value=env_value, seconds=seconds)
+                       unit_text=unit_text, env_value=env_value, seconds=seconds,
+                       yaml=yaml_scalar, kube_literal=kubernetes_expansion,
+                       yaml_text_mapping=yaml_text_mapping)
     return env
 
 

@@ -37,6 +37,9 @@ def check_site(site: Site, skip: Collection[str] = ()) -> list[Finding]:
     for name, rule in RULES.items():
         if name not in skip:
             findings.extend(rule(site))
+    from crate_deploy.site.kubernetes_checks import section_findings
+
+    findings.extend(section_findings(site))
     return findings
 
 

@@ -57,10 +57,15 @@ class LoadedSite:
 
 
 def format_loc(loc: Loc) -> str:
-    """('workers', 1, 'concurrency') -> 'workers[1].concurrency'."""
+    """('workers', 1, 'concurrency') -> 'workers[1].concurrency'. A key from the file that
+    holds a line break or other unprintable character is quoted (environment['A\\nB']),
+    so one problem stays one line."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int) or not part.isprintable():
+            text += f"[{part!r}]" if isinstance(part, str) else f"[{part}]"
+        else:
+            text += f".{part}" if text else part
     return text
 
 

@@ -14,9 +14,11 @@ from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from crate_deploy.site.cron import check_cron_field
+from crate_deploy.site.kubernetes import Kubernetes
+from crate_deploy.site.strict import TEXT_PATTERN, Strict
 
 # Names become parts of unit names, file names, node names and Python strings.
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
@@ -33,9 +35,7 @@ USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,30}$"  # systemd's strict user names: at mo
 # Paths go into unit lines unquoted (WorkingDirectory=, ReadWritePaths=): keep them plain.
 PATH_PATTERN = r"^[A-Za-z0-9_./@+,~-]+$"
 SECRET_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]{0,99})\}")
-# Printable text without line breaks or other control characters.
 CRON_PATTERN = r"^[0-9*/,-]+$"
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
@@ -121,11 +121,6 @@ Url = Annotated[str, StringConstraints(pattern=URL_PATTERN, max_length=2000),
                 AfterValidator(_no_literal_password)]
 BrokerUrl = Annotated[Url, AfterValidator(_broker_scheme)]
 SecretReference = Annotated[str, AfterValidator(_secret_reference)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
-                              use_attribute_docstrings=True)
 
 
 class Broker(Strict):
@@ -430,6 +425,8 @@ class Site(Strict):
     hosts: list[Host] | None = Field(default=None, min_length=1, max_length=1000)
     """Several machines (docs/multi-host.md): which pools, beat and Flower each runs (default:
     everything on the one machine the site is rendered for)."""
+    kubernetes: Kubernetes | None = None
+    """What `render --target kubernetes` needs: image, namespace, replicas, resources, KEDA."""
     # Checked by site/compat_keys.py before anything else, wherever it stands in the file.
     requires: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z<>=!~.,* ]+$",
                                                max_length=200)] | None = Field(

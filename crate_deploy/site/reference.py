@@ -38,14 +38,17 @@ def _rows(model: type[BaseModel], prefix: str, example: Any) -> list[str]:
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         value = example.get(name) if isinstance(example, dict) else None
-        nested, is_list = _nested_model(info.annotation)
-        if is_list and isinstance(value, list):
+        nested, container = _nested_model(info.annotation)
+        if container is list and isinstance(value, list):
             value = value[0] if value else None
+        if container is dict and isinstance(value, dict):
+            value = next(iter(value.values()), None)
         shown = "" if value is None or nested is not None else f"`{_compact(value)}`"
         rows.append(f"| `{key}` | {_type(info.annotation)} | {_default(info)} | "
                     f"{(info.description or '').replace(chr(10), ' ')} | {shown} |")
         if nested is not None:
-            rows.extend(_rows(nested, f"{key}[]." if is_list else f"{key}.", value))
+            step = {list: "[].", dict: ".NAME."}.get(container, ".")  # type: ignore[call-overload]
+            rows.extend(_rows(nested, f"{key}{step}", value))
     return rows
 
 
@@ -54,15 +57,16 @@ def _compact(value: Any) -> str:
     return text.replace("|", "\\|")
 
 
-def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, type | None]:
+    """The model a field holds, and the container it holds it in (list, dict or None)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
+        return annotation, None
     origin = typing.get_origin(annotation)
     for arg in typing.get_args(annotation):
-        found, is_list = _nested_model(arg)
+        found, container = _nested_model(arg)
         if found is not None:
-            return found, is_list or origin is list
-    return None, False
+            return found, container or (origin if origin in (list, dict) else None)
+    return None, None
 
 
 def _type(annotation: Any) -> str:

@@ -19,6 +19,14 @@ from crate_deploy.errors import Problem, SiteError
 from crate_deploy.plan.compat import version_findings
 from crate_deploy.site.checks import Finding, check_site
 from crate_deploy.site.compat_keys import check_compatibility
+from crate_deploy.site.kubernetes import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    IMAGE_PATTERN,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    QUANTITY_PATTERN,
+)
 from crate_deploy.site.load import LoadedSite, Loc, load_site
 from crate_deploy.site.model import (
     CELERY_VERSION_PATTERN,
@@ -48,6 +56,18 @@ _PATTERN_HINTS = {
                   "'%', '$' or line breaks)",
     r"^[A-Za-z_][A-Za-z0-9_]{0,99}$": "must be a variable name: letters, digits and '_', "
                                       "not starting with a digit",
+    DNS_LABEL_PATTERN: "must be a Kubernetes name: lowercase letters, digits and '-', starting "
+                       "and ending with a letter or digit (at most 63 characters)",
+    DNS_SUBDOMAIN_PATTERN: "must be a Kubernetes name: lowercase letters, digits, '-' and '.', "
+                           "starting and ending with a letter or digit",
+    IMAGE_PATTERN: "must be an image reference with a tag or digest, like "
+                   "registry.example.org/crate/celery:2.4.1",
+    QUANTITY_PATTERN: "must be a Kubernetes quantity like \"500m\", \"2\", \"512Mi\" or "
+                      "\"2Gi\" (quote it)",
+    LABEL_KEY_PATTERN: "must be a label key: [prefix/]name, the name of letters, digits, '-', "
+                       "'_' and '.', starting and ending with a letter or digit",
+    LABEL_VALUE_PATTERN: "must be a label value: letters, digits, '-', '_' and '.', starting "
+                         "and ending with a letter or digit (at most 63 characters)",
 }
 
 
@@ -69,6 +89,18 @@ def check_versions(validated: ValidatedSite, versions: TargetVersions) -> list[P
         raise SiteError(errors)
     return [validated.loaded.problem(loc, message, severity)
             for loc, message, severity in findings if severity != "error"]
+
+
+def check_target(validated: ValidatedSite, target: str) -> None:
+    """Refuse what the output target cannot render (Kubernetes: the section, its names)."""
+    if target != "kubernetes":
+        return
+    from crate_deploy.site.kubernetes_checks import target_findings
+
+    problems = [validated.loaded.problem(loc, message) for loc, message, _ in
+                target_findings(validated.site)]
+    if problems:
+        raise SiteError(sorted(problems, key=lambda p: (p.line, p.column)))
 
 
 def validate_file(path: Path) -> ValidatedSite:

@@ -12,15 +12,18 @@ written into any rendered file.
 import contextlib
 import os
 import re
+import threading
+import time
 from urllib.parse import quote
 
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.app.utils import find_app
 from celery.schedules import crontab
 
 import crate_deploy_celeryconfig as _rendered
 
 APP_TARGET = 'crate_anon.crateweb.consent'
+HEARTBEAT_INTERVAL = 10  # seconds; the liveness probe allows 60
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -126,6 +129,23 @@ def _delayed_delivery_through_the_live_node():
     DelayedDelivery.start = start
 
 
+def _start_heartbeat(**_):
+    """Touch CRATE_DEPLOY_HEARTBEAT_FILE every few seconds from a thread of this (the
+    worker's or beat's main) process: a Kubernetes liveness probe reads its age. It
+    tells a live interpreter from a wedged one without the broker, so a broker outage
+    never fails it (a ping would, and restart healthy workers). Only the manifests set
+    the variable; inspect and the pool's children never send these signals."""
+    path = os.environ["CRATE_DEPLOY_HEARTBEAT_FILE"]
+
+    def beat():
+        while True:
+            with open(path, "a"):
+                os.utime(path)
+            time.sleep(HEARTBEAT_INTERVAL)
+
+    threading.Thread(target=beat, name="crate-deploy-heartbeat", daemon=True).start()
+
+
 def _namespaced(settings, namespace):
     """An app configured with a namespace (Django's CELERY_*) looks up CELERY_KEY before
     key, so a plain key would lose to the application's own value: use its spelling."""
@@ -140,6 +160,10 @@ if _rendered._DEAD_LETTER_QUEUES:
     app.steps["consumer"].add(_DeadLetterQueues)
 if isinstance(_rendered.broker_url, list) and len(_rendered.broker_url) > 1:
     _delayed_delivery_through_the_live_node()
+
+if "CRATE_DEPLOY_HEARTBEAT_FILE" in os.environ:
+    signals.worker_init.connect(_start_heartbeat, weak=False)
+    signals.beat_init.connect(_start_heartbeat, weak=False)
 
 # Flower reads FLOWER_BASIC_AUTH after the app is loaded: resolve its references now.
 if "FLOWER_BASIC_AUTH" in os.environ:
