@@ -290,3 +290,16 @@ def test_a_url_password_never_survives_the_masker(user: str, password: str, sche
     if password.startswith("${") or password == MASK:
         return
     assert masked == f"cannot connect to {scheme}://{user}:{MASK}@127.0.0.1:5672/vhost: refused"
+
+
+# --- an empty Flower password ------------------------------------------------------------
+
+
+def test_launch_refuses_an_empty_flower_password(unreachable: Path) -> None:
+    """`FLOWER_PASSWORD=` would let anyone in as admin with an empty password."""
+    write_secrets(unreachable.parent, {**SECRETS, "FLOWER_PASSWORD": ""})
+    result = program("launch", unreachable, cwd=unreachable.parent)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "flower.auth[0] (admin): the password ${FLOWER_PASSWORD} is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert leaks(result.stdout + result.stderr) == []

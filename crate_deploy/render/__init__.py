@@ -24,6 +24,7 @@ from crate_deploy.plan.settings import (
     celery_settings,
     dead_letter_queues,
     flower_basic_auth,
+    flower_only_secrets,
     flower_options,
     pool_settings,
 )
@@ -137,6 +138,8 @@ class _Context:
             f"{names.UNIT_DIR}/{name}", "service.j2", "#", name=name.removesuffix(".service"),
             description=description, argv=argv, service_environment=env,
             stop_timeout=timeout, target=names.target_unit(self.site),
+            unset_environment=[] if name == names.flower_unit(self.site)
+            else flower_only_secrets(self.site),
             env_file=f"{self.config_dir}/{names.env_file_name(self.site)}",
             **self._state_paths())
 

@@ -34,6 +34,7 @@ from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
+    check_flower_passwords,
     load_deployment,
     masker_for,
     read_secrets,
@@ -83,6 +84,7 @@ def launch_command(directory: Path, *, timeout: float) -> int:
     deployment = load_deployment(directory)
     site = deployment.site
     secrets = read_secrets(site)
+    check_flower_passwords(site, secrets)
     mask = masker_for(secrets)
     sink = MaskingSink(sys.stdout, mask)
     running = launcher_pid(deployment)

@@ -136,6 +136,19 @@ def flower_credentials(site: Site, secrets: dict[str, str]) -> tuple[str, str] |
     return user.user, resolve(user.password, secrets, "flower.auth[0].password")
 
 
+def check_flower_passwords(site: Site, secrets: dict[str, str]) -> None:
+    """Refuse a Flower user whose password resolves to nothing: Flower would let anyone
+    in with that user name and an empty password (`curl -u admin:`)."""
+    if not site.flower.enabled:
+        return
+    for index, user in enumerate(site.flower.auth):
+        if not resolve(user.password, secrets, f"flower.auth[{index}].password"):
+            raise LaunchError(f"flower.auth[{index}] ({user.user}): the password "
+                              f"{user.password} is empty; set it in the secrets_file "
+                              f"{site.secrets_file} (Flower would accept an empty password "
+                              "from anyone)")
+
+
 def masker_for(secrets: dict[str, str]) -> Masker:
     return Masker(secrets.values())
 

@@ -296,7 +296,18 @@ def _environment(
         if not path.exists():
             raise UnitError(f"{unit.source}: EnvironmentFile={path} does not exist")
         environment.update(parse_environment_file(_read_text(path, "environment file"), str(path)))
+    for value in unit.values("Service", "UnsetEnvironment"):
+        _unset(environment, resolve_specifiers(value, f"{unit.source}: UnsetEnvironment="))
     return environment, files
+
+
+def _unset(environment: dict[str, str], words: str) -> None:
+    """UnsetEnvironment=, applied last as systemd does: NAME removes the variable,
+    NAME=VALUE removes it only while it holds exactly that value."""
+    for word in words.split():
+        name, equals, value = word.partition("=")
+        if not equals or environment.get(name) == value:
+            environment.pop(name, None)
 
 
 def _environment_file_setting(value: str, source: str) -> tuple[Path, bool]:
