@@ -16,7 +16,7 @@ from crate_deploy.site.model import PATH_PATTERN, Site
 from crate_deploy.site.validate import ValidatedSite, check_versions, validate_file
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
-from crate_deploy.write import apply_changes, plan_changes
+from crate_deploy.write import FileChange, apply_changes, plan_changes, render_lock
 
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
@@ -37,21 +37,28 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     rendering = render_site(site, str(site_path), config_dir, versions, stamp)
     for note in [*rendering.notes, *_changed_queues(site, output_dir)]:
         click.echo(f"note: {note}", err=True)
-    changes = plan_changes(output_dir, rendering.files)
-    mask = _masker(site) if show_diff else None
+    # One render at a time per directory (two at once mixed two sites' files); a check
+    # waits for a render in progress, and creates nothing.
+    with render_lock(output_dir, check=check):
+        changes = plan_changes(output_dir, rendering.files)
+        if not check:  # written first: a failure prints its error, not "created" lines
+            apply_changes(output_dir, changes)
+    _report(changes, output_dir, _masker(site) if show_diff else None)
+    changed = sum(change.status != "unchanged" for change in changes)
+    if check:
+        click.echo(f"check: {changed} file(s) would change; nothing written")
+        return 1 if changed else 0
+    click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in {output_dir} "
+               f"(for Celery {versions.celery}, {versions.source})")
+    return 0
+
+
+def _report(changes: list[FileChange], output_dir: Path, mask: Masker | None) -> None:
     for change in changes:
         colour = _COLOURS[change.status]
         click.echo(f"{click.style(f'{change.status:>9}', fg=colour)}  {output_dir / change.path}")
         if mask is not None and change.status != "unchanged":
             click.echo(change.diff(mask), nl=False)
-    changed = sum(change.status != "unchanged" for change in changes)
-    if check:
-        click.echo(f"check: {changed} file(s) would change; nothing written")
-        return 1 if changed else 0
-    apply_changes(output_dir, changes)
-    click.echo(f"{changed} file(s) changed, {len(changes) - changed} unchanged in {output_dir} "
-               f"(for Celery {versions.celery}, {versions.source})")
-    return 0
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:
