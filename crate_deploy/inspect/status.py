@@ -13,6 +13,7 @@ import click
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
+from crate_deploy.plan.names import beat_unit
 from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
     Deployment,
@@ -22,7 +23,7 @@ from crate_deploy.state.deployment import (
     masker_for,
     read_secrets,
 )
-from crate_deploy.state.launch import read_launch_state
+from crate_deploy.state.launch import orphans, read_launch_state
 
 
 def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> int:
@@ -69,6 +70,10 @@ def _processes(deployment: Deployment) -> dict[str, str]:
     if state is not None:
         return {name: ("running" if alive else "stopped") + f" (pid {pid})"
                 for name, (pid, alive) in state.items()}
+    living = orphans(deployment)
+    if living:  # its launch was killed: they run unsupervised
+        return {name: f"running (pid {pid}, orphaned: its launch is gone; `crate-deploy "
+                f"stop` stops it)" for name, pid in living.items()}
     if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
         scope = ["--user"] if deployment.site.systemd.scope == "user" else []
         return {unit: _unit_state(unit, scope) for unit in deployment.units}
@@ -82,8 +87,10 @@ def _unit_state(unit: str, scope: list[str]) -> str:
 
 
 def _beat_up(deployment: Deployment, processes: dict[str, str]) -> bool:
-    beat = next((name for name in processes if "-beat" in name), None)
-    return beat is not None and processes[beat].startswith(("running", "active"))
+    # By the layout's own name: a pool called nightly-beat is no beat.
+    unit = beat_unit(deployment.site)
+    state = processes.get(unit, processes.get(unit.removesuffix(".service"), ""))
+    return state.startswith(("running", "active"))
 
 
 def _finish(report: dict[str, Any], as_json: bool, mask: Masker, *, up: bool) -> int:

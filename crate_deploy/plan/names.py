@@ -19,6 +19,7 @@ FLOWER_CONFIG = "flowerconfig.py"
 DEPLOYMENT_FILE = "deployment.json"
 MANIFEST_FILE = ".crate-deploy-manifest.json"
 LAUNCH_STATE_FILE = ".crate-deploy-launch.json"
+LAUNCH_LOCK_FILE = ".crate-deploy-launch.lock"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 FLOWER_DB_FILE = "flower.db"
 

@@ -22,6 +22,12 @@ from typing import Any
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.readiness import wait_until_ready
+from crate_deploy.run.guard import (
+    hold_launch_lock,
+    refuse_beside_orphans,
+    stop_orphans,
+    tagged,
+)
 from crate_deploy.run.supervise import (
     LinePrinter,
     ProcessSpec,
@@ -43,6 +49,7 @@ from crate_deploy.state.deployment import (
 from crate_deploy.state.launch import (
     clear_launch_state,
     launcher_pid,
+    orphans,
     save_launch_state,
 )
 from crate_deploy.systemd.units import UnitError, load_service
@@ -82,19 +89,29 @@ class _Fleet:
 
 def launch_command(directory: Path, *, timeout: float) -> int:
     deployment = load_deployment(directory)
+    running = launcher_pid(deployment)
+    if running is not None:
+        raise LaunchError(f"{directory} is already launched (pid {running}); "
+                          f"`crate-deploy stop {directory}` stops it")
+    lock = hold_launch_lock(deployment)
+    try:
+        refuse_beside_orphans(deployment)
+        return _launch(deployment, timeout)
+    finally:
+        os.close(lock)
+
+
+def _launch(deployment: Deployment, timeout: float) -> int:
     site = deployment.site
     secrets = read_secrets(site)
     check_flower_passwords(site, secrets)
     mask = masker_for(secrets)
     sink = MaskingSink(sys.stdout, mask)
-    running = launcher_pid(deployment)
-    if running is not None:
-        raise LaunchError(f"{directory} is already launched (pid {running}); "
-                          f"`crate-deploy stop {directory}` stops it")
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    specs = _process_specs(deployment)
-    ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
+    specs = [tagged(spec) for spec in _process_specs(deployment)]
+    ensure_directory(Path(deployment.state_dir), mode=0o700, owner=_owner(specs))
+    save_launch_state(deployment, {})  # before any service starts: stop can find us
     say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
     for warning in filter(None, [secrets_file_warning(site), _identity_warning(specs)]):
         say.line(NAME, f"warning: {warning}")
@@ -108,11 +125,18 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
     """Ask a foreground launch (found through its state file) to stop, and wait for it."""
     deployment = load_deployment(directory)
     pid = launcher_pid(deployment)
+    limit = timeout if timeout is not None else _longest_stop(deployment) + 30.0
     if pid is None:
+        living = orphans(deployment)
+        if living:
+            return stop_orphans(deployment, living, limit)
         print(f"{NAME}: nothing launched from {directory} is running")
         return 0
-    os.kill(pid, signal.SIGTERM)
-    limit = timeout if timeout is not None else _longest_stop(deployment) + 30.0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        raise LaunchError(f"launch (pid {pid}) runs as another user: run `crate-deploy stop` "
+                          "as that user or as root") from None
     print(f"{NAME}: asked launch (pid {pid}) to stop; running tasks may take up to "
           f"{limit:g}s to finish")
     deadline = time.monotonic() + limit

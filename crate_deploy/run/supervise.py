@@ -274,6 +274,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=spec.umask,
                 **_identity(spec),
             )
         except OSError as error:
