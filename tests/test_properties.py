@@ -360,8 +360,9 @@ def test_env_file_reads_back_as_the_site_environment(data: dict[str, Any],
 # Every key the templates write; a value that broke out of its line would add another.
 UNIT_KEYS = {
     "Description", "Documentation", "After", "Wants", "PartOf", "StartLimitIntervalSec",
-    "StartLimitBurst", "Type", "User", "Group", "DynamicUser", "WorkingDirectory", "UnsetEnvironment",
-    "EnvironmentFile", "Environment", "ExecStart", "KillMode", "KillSignal", "TimeoutStopSec",
+    "StartLimitBurst", "Type", "User", "Group", "DynamicUser", "WorkingDirectory",
+    "UnsetEnvironment", "EnvironmentFile", "Environment", "ExecStart", "KillMode", "KillSignal",
+    "TimeoutStopSec",
     "Restart", "RestartSec", "SyslogIdentifier", "StateDirectory", "StateDirectoryMode",
     "NoNewPrivileges", "UMask", "PrivateTmp", "PrivateDevices", "ProtectSystem", "ProtectHome",
     "ReadWritePaths", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",

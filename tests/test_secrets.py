@@ -270,7 +270,7 @@ def test_masker_masks_known_values_anywhere() -> None:
     assert Masker(["abcd", "abcdefgh"])("xabcdefghx") == f"x{MASK}x"
 
 
-SECRET_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="*"),
+SECRET_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="*"),
                       min_size=4, max_size=30)
 
 
@@ -303,3 +303,12 @@ def test_launch_refuses_an_empty_flower_password(unreachable: Path) -> None:
     assert "flower.auth[0] (admin): the password ${FLOWER_PASSWORD} is empty" in result.stderr
     assert "Traceback" not in result.stderr
     assert leaks(result.stdout + result.stderr) == []
+
+
+def test_a_secrets_file_that_is_not_utf8_is_one_clear_line(unreachable: Path) -> None:
+    secrets = unreachable.parent / "secrets.env"
+    secrets.write_bytes(b"BROKER_PASSWORD=Br0ker-PW-\xe97f3a9\nREDIS_PASSWORD=x\n")
+    result = program("status", unreachable, cwd=unreachable.parent)
+    assert result.returncode == 1
+    assert result.stderr == (f"crate-deploy: error: the secrets file {secrets} is not UTF-8 "
+                             "text (byte 27 cannot be read): save it as UTF-8\n")

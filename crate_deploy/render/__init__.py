@@ -195,7 +195,7 @@ def templates_dir() -> Path:
     for candidate in (package / "templates", package.parent / "templates"):
         if candidate.is_dir():
             return candidate
-    raise RenderError(f"the templates directory is missing (looked in {here})")
+    raise RenderError(f"the templates directory is missing (looked in {package})")
 
 
 def _render(template: str, **values: Any) -> str:

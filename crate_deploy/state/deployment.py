@@ -98,6 +98,9 @@ def read_secrets(site: Site) -> dict[str, str]:
             raise LaunchError(f"cannot read the secrets file {path} ({exc.strerror}); run as "
                               "a user who can, or set the variables it holds in the "
                               "environment") from None
+        except UnicodeDecodeError as exc:
+            raise LaunchError(f"the secrets file {path} is not UTF-8 text (byte {exc.start + 1} "
+                              "cannot be read): save it as UTF-8") from None
         except UnitError as exc:
             # Only the line number: the parser's message quotes the line, secret and all.
             line = re.search(r":(\d+):", str(exc))

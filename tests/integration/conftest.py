@@ -253,7 +253,7 @@ def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2,
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2, *,
              what: str = "condition", describe: Callable[[], str] = lambda: "") -> Any:
     """Poll until condition() is truthy; return its value or fail after timeout, with
     describe()'s account of the state (a journal, say)."""

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.slow
 
 SERVICES = ["demo-worker-quick", "demo-worker-slow", "demo-beat", "demo-flower"]
 # What the demo site renders for each pool, against demoapp's own prefetch 8 / early acks.
-EXPECTED = {
+EXPECTED: dict[str, dict[str, Any]] = {
     "quick": {"concurrency": 4, "prefetch_multiplier": 4, "time_limit": None,
               "soft_time_limit": None},
     "slow": {"concurrency": 2, "prefetch_multiplier": 1, "time_limit": 120.0,

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -94,6 +95,10 @@ def _flower(site: DemoSite, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
+def _answers(site: DemoSite, path: str) -> bool:
+    return _flower(site, path)[0] == 200
+
+
 def test_no_secret_in_inspect_conf_flower_or_a_needless_environment(
         fleet: tuple[DemoSite, Launch]) -> None:
     site, launch = fleet
@@ -110,7 +115,7 @@ def test_no_secret_in_inspect_conf_flower_or_a_needless_environment(
     for path in FLOWER_PATHS:
         url = path.format(node=node("quick"))
         if path in MUST_ANSWER:  # Flower may take a moment to hear of the worker
-            wait_for(lambda url=url: _flower(site, url)[0] == 200, 60, 1.0, f"/{url}")
+            wait_for(partial(_answers, site, url), 60, 1.0, what=f"/{url}")
         status, body = _flower(site, url)
         if path in MUST_ANSWER:
             assert status == 200, (path, status, body[:500])
