@@ -21,6 +21,7 @@ import pytest
 
 from crate_deploy.inspect.probe import http_status
 from crate_deploy.run.launch import INHERITED
+from crate_deploy.state.launch import LAUNCH_TAG
 from crate_deploy.systemd.units import load_service
 from tests.integration.conftest import (
     QUEUES,
@@ -151,7 +152,10 @@ def test_processes_run_exactly_what_their_units_say(
         assert Path(command[0]).parent.resolve() == venv_bin, command
         assert command[1:] == unit.argv, f"{service}: {command[1:]} != {unit.argv}"
         assert unit.argv[0] == str(site.venv / "bin" / "celery")
-        assert _environ(pid) == unit.environment, service
+        environ = _environ(pid)
+        # Beside the unit's environment, launch's tag: how stop knows its own services.
+        assert environ.pop(LAUNCH_TAG).startswith(f"{launch.launcher_pid}:"), service
+        assert environ == unit.environment, service
         assert os.readlink(f"/proc/{pid}/cwd") == str(unit.working_directory)
         assert unit.working_directory == site.site_dir
     # The pools are the nodes the site names, and the pool settings are per unit.
