@@ -90,3 +90,21 @@ def test_the_state_directory_mode_is_explicit(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "a" / "state").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+
+
+def test_status_finds_beat_by_its_unit_name_not_a_substring(
+        tmp_path: Path, write_site: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
+    """A project my-beat with a pool nightly-beat: neither is beat."""
+    from crate_deploy.inspect.status import _beat_up
+
+    site = write_site(MINIMAL.replace("project: demo", "project: my-beat").replace(
+        "name: default", "name: nightly-beat") + "    beat: {enabled: true}\n")
+    out = tmp_path / "beat-out"
+    assert run_cli("render", site, "-o", out).code == 0
+    deployment = load_deployment(out)
+    running_pool = {"my-beat-worker-nightly-beat": "running (pid 10)",
+                    "my-beat-beat": "stopped (pid 11)"}
+    assert not _beat_up(deployment, running_pool)
+    assert _beat_up(deployment, {**running_pool, "my-beat-beat": "running (pid 11)"})
+    assert _beat_up(deployment, {"my-beat-worker-nightly-beat.service": "inactive dead",
+                                 "my-beat-beat.service": "active running"})
