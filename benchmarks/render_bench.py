@@ -153,7 +153,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("crate-deploy", "pydantic", "pydantic-core", "jinja2", "pyyaml", "click"):
         try:
             versions[dist] = metadata.version(dist)
@@ -347,14 +347,14 @@ def import_profile(program: str, work: Path, top: int = 25) -> str:
             f"sys.argv=['crate-deploy','render',{str(EXAMPLE)!r},'-o',{str(directory)!r}]; main()")
     result = subprocess.run([sys.executable, "-X", "importtime", "-c", code],
                             capture_output=True, text=True, check=False)
-    rows = []
+    rows: list[tuple[int, int, int, str]] = []
     for line in result.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line or "cumulative" in line:
             continue
-        _, self_us, cumulative_us, name = (part.strip() for part in
-                                           line.replace("import time:", "|").split("|"))
+        _, self_text, cumulative_text, name = (part.strip() for part in
+                                               line.replace("import time:", "|").split("|"))
         depth = (len(line.split("|")[2]) - len(line.split("|")[2].lstrip()) - 1) // 2
-        rows.append((int(cumulative_us), int(self_us), depth, name))
+        rows.append((int(cumulative_text), int(self_text), depth, name))
     total = sum(cumulative for cumulative, _, depth, _ in rows if depth == 0)
     lines = [f"Imports of one `render` (python -X importtime; total of top-level imports "
              f"{total / 1e3:.0f} ms, inflated by the measurement itself):", "",

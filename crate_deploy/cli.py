@@ -1,7 +1,8 @@
 """Command line: parse arguments, call a command function, turn errors into exit codes.
 
 Every command function returns an exit code; `main` is the one place that catches
-CrateDeployError and prints it (masked, without a traceback).
+errors and prints them (masked, without a traceback): CrateDeployError with its own
+exit code, anything unforeseen as one line with exit 3, Ctrl-C with 130.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 # pydantic looks for plugins among every installed distribution's entry points (~30 ms
@@ -278,4 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     except CrateDeployError as exc:
         click.echo(f"crate-deploy: error: {mask(str(exc))}", err=True)
         code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    except Exception as exc:  # anything else (OSError, kombu's errors): one masked line
+        code = _unexpected(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unexpected(exc: Exception) -> int:
+    """Report an error crate-deploy did not foresee: one line, masked, exit 3; the
+    traceback (masked too) only when CRATE_DEPLOY_DEBUG is set."""
+    if os.environ.get("CRATE_DEPLOY_DEBUG"):
+        click.echo(mask("".join(traceback.format_exception(exc))), err=True, nl=False)
+    text = " ".join(str(exc).split()) or "(no message)"
+    click.echo(f"crate-deploy: unexpected error: {type(exc).__name__}: {mask(text)} (set "
+               "CRATE_DEPLOY_DEBUG=1 for the traceback)", err=True)
+    return 3

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError, RenderError
+from crate_deploy.locking import take_lock
 from crate_deploy.plan.names import MANIFEST_FILE
 from crate_deploy.render import RenderedFile
+
+DIRECTORY_MODE = 0o755  # the service user reads its config: never 0700 under umask 077
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,28 @@ def apply_changes(output_dir: Path, changes: list[FileChange]) -> None:
             _inside(output_dir, change.path).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def render_lock(output_dir: Path, *, check: bool) -> Iterator[None]:
+    """Hold a lock on the output directory itself (flock on its descriptor: no lock file
+    to leave behind): exclusive to write, shared to check; a check creates nothing."""
+    try:
+        if not check:
+            make_directories(output_dir)
+        descriptor = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not check:
+            raise
+        yield  # nothing rendered there yet: nothing to wait for
+        return
+    except OSError as exc:
+        raise RenderError(f"cannot write into {output_dir}: {exc.strerror or exc}") from None
+    try:
+        take_lock(descriptor, exclusive=not check, wait=True, path=output_dir)
+        yield
+    finally:
+        os.close(descriptor)
+
+
 def write_file_atomically(path: Path, content: str, mode: int = 0o644) -> None:
     """Replace one small file (a state file) so readers see the old or the new, never half."""
     _stage(path, content.encode(), mode).replace(path)
@@ -99,15 +126,45 @@ def remove_file(path: Path) -> None:
 def ensure_directory(path: Path, mode: int = 0o750,
                      owner: tuple[int, int] | None = None) -> None:
     """Create a directory a service needs (a state directory for foreground runs),
-    owned by the service's user when it runs as one (systemd's StateDirectory= does)."""
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
-    if owner is not None:
-        os.chown(path, *owner)
+    owned by the service's user when it runs as one (systemd's StateDirectory= does).
+
+    The mode is set, not left to the umask; the chown and chmod go through a descriptor
+    opened without following a symbolic link: whoever can write the parent could
+    otherwise swap in a link and have root chown whatever it points to."""
+    make_directories(path.parent)
+    created = False
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)  # no wider than asked for, whatever the umask, until fchmod
+        created = True
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise LaunchError(f"{path} is not a plain directory (a symbolic link?): crate-deploy "
+                              "neither follows nor chowns one; remove it") from None
+        raise LaunchError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        if owner is not None:
+            os.fchown(descriptor, *owner)
+        if created:  # a directory the site named and someone else made keeps its mode
+            os.fchmod(descriptor, mode)
+    finally:
+        os.close(descriptor)
+
+
+def make_directories(path: Path, mode: int = DIRECTORY_MODE) -> None:
+    """mkdir -p with an explicit mode for what it creates (never the caller's umask)."""
+    if path.is_dir():
+        return
+    make_directories(path.parent, mode)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+        path.chmod(mode)
 
 
 def _stage(target: Path, content: bytes, mode: int, *, sync: bool = True) -> Path:
     """Write content next to target under a temporary name (on disk if sync)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(target.parent)
     descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -170,19 +227,37 @@ def _read_manifest(output_dir: Path) -> dict[str, str]:
 
 
 def _inside(output_dir: Path, relative: str) -> Path:
+    """output_dir/relative, refusing a way out: "..", an absolute path, or a directory on
+    the way that is a symbolic link (a manifest entry through one would make us write or
+    delete wherever it points)."""
     path = output_dir / relative
     if ".." in Path(relative).parts or Path(relative).is_absolute():
         raise RenderError(f"refusing to write outside {output_dir}: {relative}")
+    for parent in list(Path(relative).parents)[:-1]:
+        if (output_dir / parent).is_symlink():
+            raise RenderError(f"{output_dir / parent} is a symbolic link: crate-deploy neither "
+                              "writes nor deletes through one; remove it and render again")
     return path
 
 
 def _read_text(path: Path) -> str | None:
+    """A rendered file's text, never through a symbolic link (nor from a FIFO or device)."""
     try:
-        return path.read_text(encoding="utf-8")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RenderError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RenderError(f"{path} is a symbolic link: crate-deploy neither reads nor "
+                              "writes through one; remove it and render again") from None
+        raise RenderError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise RenderError(f"{path} is not a regular file; remove it and render again")
+        try:
+            return handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RenderError(f"cannot read {path}: {exc}") from None
 
 
 def _mode(path: Path) -> int:

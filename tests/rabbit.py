@@ -54,3 +54,16 @@ def temporary_vhost(prefix: str = "cd-test") -> Iterator[str]:
 
 def amqp_url(vhost: str, password: str = "guest") -> str:
     return f"amqp://guest:{password}@{BROKER}/{quote(vhost, safe='')}"
+
+
+@contextmanager
+def temporary_user(vhost: str, password: str) -> Iterator[str]:
+    """A broker user of its own (guest's password is well known, so a leak of it would go
+    unnoticed) with every permission on vhost; deleted afterwards."""
+    name = f"cd-user-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_user", name, password, patience=60)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*", patience=60)
+        yield name
+    finally:
+        rabbitmqctl("delete_user", name, patience=120)

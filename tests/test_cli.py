@@ -127,3 +127,44 @@ def test_launch_root_is_created_when_missing(run_cli: Callable[..., Result],
     assert blocked.code == 2
     assert blocked.err == (f"crate-deploy: error: --root {tmp_path / 'file' / 'root'}: cannot "
                            "create it (Not a directory)\n")
+
+
+def _program(script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+UNFORESEEN = """\
+import crate_deploy.commands.render as render
+def fail(*args):
+    raise PermissionError(13, "cannot reach amqp://demo:s3cret-pw@127.0.0.1//\\nsecond line")
+render.validate_command = fail
+from crate_deploy.cli import main
+main(["validate", "x.yaml"])
+"""
+
+
+def test_an_unforeseen_error_is_one_masked_line_with_exit_3() -> None:
+    result = _program(UNFORESEEN)
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 3, err
+    assert err == ("crate-deploy: unexpected error: PermissionError: [Errno 13] cannot reach "
+                   "amqp://demo:****@127.0.0.1// second line (set CRATE_DEPLOY_DEBUG=1 for the "
+                   "traceback)\n")
+
+
+def test_ctrl_c_exits_130() -> None:
+    import signal
+    import time
+
+    result = _program("import time, crate_deploy.commands.render as render\n"
+                      "render.validate_command = lambda *args: (print('busy', flush=True), "
+                      "time.sleep(60))\n"
+                      "from crate_deploy.cli import main\nmain(['validate', 'x.yaml'])\n")
+    assert result.stdout is not None
+    assert result.stdout.readline() == "busy\n"
+    time.sleep(0.2)
+    result.send_signal(signal.SIGINT)
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 130, err
+    assert "Traceback" not in err

@@ -6,6 +6,7 @@ import socket
 
 from crate_deploy.inspect.cluster import BrokerNode, address, broker_nodes, down_verdict
 from crate_deploy.inspect.status import _text
+from crate_deploy.secrets import Masker
 
 
 def test_address_names_the_port_a_worker_reports() -> None:
@@ -40,7 +41,7 @@ def test_every_url_is_asked_on_its_own() -> None:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
         ports = [listening.getsockname()[1], closed.getsockname()[1]]
         nodes = broker_nodes([f"amqp://u:secret@127.0.0.1:{port}//" for port in ports],
-                             lambda text: text.replace("secret", "****"), timeout=1.0)
+                             Masker(["secret"]), timeout=1.0)
     assert [node.address for node in nodes] == [f"127.0.0.1:{port}" for port in ports]
     assert not nodes[1].up and nodes[1].error
     assert all("secret" not in node.url + (node.error or "") for node in nodes)

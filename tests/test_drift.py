@@ -137,7 +137,7 @@ def test_the_site_file_must_be_found(run_cli: Callable[..., Result],
     result = drift(run_cli, out, root)
     assert result.code == 2
     assert "give its path with --site" in result.err
-    moved = drift(run_cli, out, root, "--site", site.with_name("moved.yaml"))
+    moved = drift(run_cli, out, root, "--site", str(site.with_name("moved.yaml")))
     assert moved.code == 0, moved.out + moved.err
 
 

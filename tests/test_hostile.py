@@ -105,6 +105,11 @@ GENERATED: dict[str, tuple[bytes, int, str]] = {
                 "most editors: the comment hides `user: root`")
         + SITE.encode() + "# the service user is set by ops \u2028user: root\n".encode(),
         1, "10:34: control character U+2028 is not allowed in a site file"),
+    "alias-size-bomb.yaml": (
+        _header("alias-size-bomb", "41 copies of a 200,000-character text: few values, "
+                "8 MB once expanded")
+        + b"project: &x '" + b"A" * 200_000 + b"'\nworkers: [" + b"*x, " * 40 + b"]\n",
+        1, "2:10: workers[19]: expands to more than 4194304 characters of text (an alias bomb?)"),
     "huge-file.yaml": (
         _header("huge-file", "more than 1 MiB") + SITE.encode() + b"#" * (1024 * 1024),
         1, "1:1: the site file is larger than 1024 KiB"),
@@ -273,8 +278,9 @@ def test_hostile_site_is_refused_by_the_program(case: Case, tmp_path: Path,
     shutil.copytree(rendered, existing, copy_function=shutil.copy2)
     before = snapshot(tmp_path)
     new = tmp_path / "new"
-    for args in (["validate", path], ["render", path, "-o", new],
-                 ["render", path, "-o", existing, "--diff"]):
+    commands: list[list[str | Path]] = [["validate", path], ["render", path, "-o", new],
+                                        ["render", path, "-o", existing, "--diff"]]
+    for args in commands:
         result = run_program(*args, cwd=tmp_path)
         check_refusal(case, path, result.returncode, result.stdout, result.stderr)
     assert not new.exists()

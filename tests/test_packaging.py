@@ -34,3 +34,31 @@ def test_wheel_installs_and_renders(tmp_path: Path) -> None:
                                cwd=tmp_path).stdout.strip()
     assert (Path(installed) / "templates" / "systemd" / "service.j2").is_file()
     assert "site-packages" in installed
+
+
+def test_every_imported_distribution_is_declared() -> None:
+    """What crate_deploy imports is in pyproject's dependencies, not merely pulled in
+    by another dependency today (click and amqp came through celery)."""
+    import ast
+    import re
+    from importlib import metadata
+
+    import tomllib
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {normal(re.split(r"[<>=!~ \[;]", requirement)[0]) for requirement in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    imported: set[str] = set()
+    for path in (ROOT / "crate_deploy").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"crate_deploy", "__future__"}
+    providers = metadata.packages_distributions()
+    missing = {module: providers.get(module) for module in third_party
+               if not {normal(dist) for dist in providers.get(module, [])} & declared}
+    assert missing == {}, f"imported but not declared in pyproject.toml: {missing}"

@@ -270,7 +270,7 @@ def test_masker_masks_known_values_anywhere() -> None:
     assert Masker(["abcd", "abcdefgh"])("xabcdefghx") == f"x{MASK}x"
 
 
-SECRET_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="*"),
+SECRET_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="*"),
                       min_size=4, max_size=30)
 
 
@@ -290,3 +290,25 @@ def test_a_url_password_never_survives_the_masker(user: str, password: str, sche
     if password.startswith("${") or password == MASK:
         return
     assert masked == f"cannot connect to {scheme}://{user}:{MASK}@127.0.0.1:5672/vhost: refused"
+
+
+# --- an empty Flower password ------------------------------------------------------------
+
+
+def test_launch_refuses_an_empty_flower_password(unreachable: Path) -> None:
+    """`FLOWER_PASSWORD=` would let anyone in as admin with an empty password."""
+    write_secrets(unreachable.parent, {**SECRETS, "FLOWER_PASSWORD": ""})
+    result = program("launch", unreachable, cwd=unreachable.parent)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "flower.auth[0] (admin): the password ${FLOWER_PASSWORD} is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert leaks(result.stdout + result.stderr) == []
+
+
+def test_a_secrets_file_that_is_not_utf8_is_one_clear_line(unreachable: Path) -> None:
+    secrets = unreachable.parent / "secrets.env"
+    secrets.write_bytes(b"BROKER_PASSWORD=Br0ker-PW-\xe97f3a9\nREDIS_PASSWORD=x\n")
+    result = program("status", unreachable, cwd=unreachable.parent)
+    assert result.returncode == 1
+    assert result.stderr == (f"crate-deploy: error: the secrets file {secrets} is not UTF-8 "
+                             "text (byte 27 cannot be read): save it as UTF-8\n")

@@ -409,3 +409,20 @@ def test_load_service_needs_a_readable_service_file(tmp_path: Path) -> None:
         load_service(tmp_path / "worker.timer", {})
     with pytest.raises(UnitError, match="cannot read unit file"):
         load_service(tmp_path / "absent.service", {})
+
+
+def test_unset_environment_applies_after_the_environment_files(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("BROKER_PASSWORD=b\nFLOWER_PASSWORD=f\nMODE=x\n")
+    unit = tmp_path / "pool.service"
+    unit.write_text(textwrap.dedent(f"""\
+        [Service]
+        EnvironmentFile={secrets}
+        UnsetEnvironment=FLOWER_PASSWORD
+        UnsetEnvironment=MODE=y
+        ExecStart=/bin/true
+        """))
+    environment = load_service(unit, {"FLOWER_PASSWORD": "inherited"}).environment
+    assert "FLOWER_PASSWORD" not in environment  # from the file and from the base alike
+    assert environment["BROKER_PASSWORD"] == "b"
+    assert environment["MODE"] == "x"  # NAME=VALUE unsets only that exact value

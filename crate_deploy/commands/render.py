@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ from crate_deploy.site.validate import (
 )
 from crate_deploy.target.probe import choose_versions, version_stamp
 from crate_deploy.target.versions import TargetVersions
-from crate_deploy.write import FileChange, apply_changes, plan_changes
+from crate_deploy.write import FileChange, apply_changes, plan_changes, render_lock
 
 _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
@@ -55,7 +56,7 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     check_target(validated, target)
     site = validated.site
     notes = stale_hosts(site, output_dir) if all_hosts else []
-    planned: list[tuple[Path, list[FileChange]]] = []
+    rendered: list[tuple[Path, Rendering]] = []
     for share, directory in render_shares(site, output_dir, host, all_hosts):
         if not force:
             refuse_foreign_site(directory, site.project)
@@ -63,18 +64,15 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
                             target=target, warn=True)
         notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
                   if note not in notes]
-        planned.append((directory, plan_changes(directory, rendering.files)))
+        rendered.append((directory, rendering))
     for note in notes:
         click.echo(f"note: {note}", err=True)
     mask = _masker(site) if show_diff else None
+    planned = _plan_and_apply(rendered, site_path, check=check)
     total = sum(len(changes) for _, changes in planned)
     changed = sum(change.status != "unchanged" for _, changes in planned for change in changes)
-    if not as_json:
+    if not as_json:  # after writing: a failure prints its error, not "created" lines
         _report(planned, mask, services=check or show_diff, site=site, verbose=verbose)
-    if not check:
-        for directory, changes in planned:
-            apply_changes(directory, changes)
-            record_site_path(directory, site_path)
     if as_json:  # once written, so that "written": true is true
         click.echo(_json_reports(site, planned, written=not check, mask=mask))
     elif check:
@@ -83,6 +81,23 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
         click.echo(f"{changed} file(s) changed, {total - changed} unchanged in {output_dir} "
                    f"(for Celery {versions.celery}, {versions.source})")
     return 1 if check and changed else 0
+
+
+def _plan_and_apply(rendered: list[tuple[Path, Rendering]], site_path: Path, *,
+                    check: bool) -> list[tuple[Path, list[FileChange]]]:
+    """Each directory's changes, written unless checking, one render at a time per
+    directory (two at once mixed two sites' files); a check waits for a render in
+    progress, and creates nothing."""
+    planned = []
+    with contextlib.ExitStack() as locks:
+        for directory, rendering in rendered:
+            locks.enter_context(render_lock(directory, check=check))
+            changes = plan_changes(directory, rendering.files)
+            if not check:
+                apply_changes(directory, changes)
+                record_site_path(directory, site_path)
+            planned.append((directory, changes))
+    return planned
 
 
 def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None, *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import secrets
 import socket
 import urllib.error
 import urllib.request
@@ -168,6 +169,12 @@ def flower_health(site: Site, credentials: tuple[str, str] | None,
     anonymous = http_status(base, None, timeout)
     if anonymous != 401:
         return FlowerHealth(base, False, f"answers {anonymous} without credentials")
+    user = credentials[0]
+    for wrong in ("", f"{credentials[1]}-not-{secrets.token_hex(4)}"):
+        answer = http_status(base, (user, wrong), timeout)
+        if answer != 401:
+            what = "an empty password" if not wrong else "a wrong password"
+            return FlowerHealth(base, False, f"answers {answer} to user {user} with {what}")
     with_auth = http_status(base, credentials, timeout)
     if with_auth != 200:
         return FlowerHealth(base, False, f"refuses the site's own credentials ({with_auth})")

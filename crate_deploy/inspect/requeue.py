@@ -3,9 +3,10 @@
 CRATE's `resubmit_unprocessed_tasks`, generalised. A queue with `dead_letter: true`
 parks what the broker dead-letters (a quorum queue's delivery limit stops a poison
 message) in QUEUE.dead. requeue moves each message back to QUEUE (or --to another
-queue): it publishes a copy with a publisher confirm and only then acknowledges the
-original, so an interruption can at worst leave one message in both queues (Celery
-tasks must be idempotent under acks_late anyway); it can never lose one.
+queue): it publishes a copy (mandatory, so an unroutable one comes back) with a
+publisher confirm and only then acknowledges the original, so an interruption can at
+worst leave one message in both queues (Celery tasks must be idempotent under
+acks_late anyway); it can never lose one.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ def _move(channel: Any, move: Move) -> int:
         raise LaunchError(f"queue {move.target} does not exist yet (the first worker consuming "
                           f"it declares it); nothing was moved from {move.source}")
     moved = 0
+    # mandatory: a message the broker cannot route (the queue was deleted meanwhile) is
+    # returned to us before its confirm, instead of being dropped in silence.
+    returned: list[Exception] = []
+    channel.events["basic_return"].add(lambda exc, *_: returned.append(exc))
     # Only what was there when we started: a task that dies again is parked again,
     # not moved in a loop.
     for _ in range(depth or 0):
@@ -114,11 +119,16 @@ def _move(channel: Any, move: Move) -> int:
                                                  or {}).items() if key not in _DEATH_HEADERS}
         copy = amqp.Message(message.body, application_headers=headers, **properties)
         try:
-            channel.basic_publish_confirm(copy, exchange="", routing_key=move.target)
+            channel.basic_publish_confirm(copy, exchange="", routing_key=move.target,
+                                          mandatory=True)
         except Exception as exc:
+            returned.append(exc)
+        if returned:  # not acknowledged, not counted: it stays parked
             channel.basic_reject(message.delivery_tag, requeue=True)
-            raise LaunchError(f"publishing to {move.target} failed after {moved} moved "
-                              f"({exc}); the rest stay in {move.source}") from None
+            raise LaunchError(f"{move.source} -> {move.target}: publishing failed "
+                              f"({returned[0] or type(returned[0]).__name__}; was "
+                              f"{move.target} deleted?): moved {moved} message(s); the rest "
+                              f"stay in {move.source}")
         channel.basic_ack(message.delivery_tag)
         moved += 1
     click.echo(f"{move.source} -> {move.target}: moved {moved} message(s)")

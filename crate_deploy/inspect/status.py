@@ -16,6 +16,7 @@ import click
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import cluster, probe
 from crate_deploy.inspect.hosts import flower_status, host_lines, host_summary
+from crate_deploy.plan.names import beat_unit
 from crate_deploy.plan.placement import runs_beat
 from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
@@ -26,7 +27,7 @@ from crate_deploy.state.deployment import (
     masker_for,
     read_secrets,
 )
-from crate_deploy.state.launch import read_launch_state, started_at
+from crate_deploy.state.launch import orphans, read_launch_state, started_at
 
 
 def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> int:
@@ -84,6 +85,11 @@ def _processes(deployment: Deployment) -> dict[str, dict[str, Any]]:
         return {name: {"state": "running" if alive else "stopped", "pid": pid,
                        "since": _iso(started_at(pid)) if alive else None}
                 for name, (pid, alive) in state.items()}
+    living = orphans(deployment)
+    if living:  # its launch was killed: they run unsupervised
+        return {name: {"state": "orphaned", "pid": pid, "since": _iso(started_at(pid)),
+                       "detail": "its launch is gone; `crate-deploy stop` stops it"}
+                for name, pid in living.items()}
     if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
         scope = ["--user"] if deployment.site.systemd.scope == "user" else []
         return {unit: _unit_state(unit, scope) for unit in deployment.units}
@@ -110,9 +116,12 @@ def _iso(when: float | None) -> str | None:
     return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
 
 
+
 def _beat_up(deployment: Deployment, processes: dict[str, dict[str, Any]]) -> bool:
-    beat = next((name for name in processes if "-beat" in name), None)
-    return beat is not None and processes[beat]["state"] in ("running", "active")
+    # By the layout's own name: a pool called nightly-beat is no beat.
+    unit = beat_unit(deployment.site)
+    process = processes.get(unit) or processes.get(unit.removesuffix(".service")) or {}
+    return process.get("state") in ("running", "active", "orphaned")
 
 
 def _finish(report: dict[str, Any], as_json: bool, mask: Masker, *, up: bool) -> int:
@@ -149,6 +158,8 @@ def _text(report: dict[str, Any]) -> str:
         detail = f"pid {process['pid']}" if process["pid"] else ""
         if process["since"]:
             detail += f"  since {process['since']}"
+        if process.get("detail"):
+            detail += f"  ({process['detail']})"
         rows.append(("process", name, process["state"], detail))
     lines.extend(_columns(rows))
     lines.extend(f"warning: {warning}" for warning in report.get("warnings", []))

@@ -20,6 +20,7 @@ DEPLOYMENT_FILE = "deployment.json"
 MANIFEST_FILE = ".crate-deploy-manifest.json"
 LAUNCH_STATE_FILE = ".crate-deploy-launch.json"
 SITE_PATH_FILE = ".crate-deploy-site"  # where the last render's site file is (for drift)
+LAUNCH_LOCK_FILE = ".crate-deploy-launch.lock"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 FLOWER_DB_FILE = "flower.db"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from crate_deploy.plan import names, placement
-from crate_deploy.plan.settings import flower_basic_auth
+from crate_deploy.plan.settings import flower_basic_auth, flower_only_secrets
 from crate_deploy.site.checks import stop_timeout
 from crate_deploy.site.model import Site, Worker
 
@@ -44,9 +44,11 @@ class Service:
     argv: tuple[str, ...]  # literal words: no shell, no $VAR expansion
     environment: dict[str, str]  # the service's own variables (may hold ${REFERENCE}s)
     env_files: tuple[str, ...]  # read in order, later files winning: the plain env, secrets
+    unset_environment: tuple[str, ...]  # secrets of the files only another service needs
     working_directory: str | None
     user: str | None  # None: the platform's default (a DynamicUser under systemd)
     group: str | None
+    umask: int  # files it creates (beat's schedule, flower.db) are its own unless said
     stop_signal: str  # warm shutdown: SIGTERM to the main process only
     stop_timeout: float  # seconds running work gets before it is killed
     restart: str
@@ -159,9 +161,13 @@ class _Builder:
         site, systemd = self.site, self.site.systemd
         env_files = (self.env_file, *([site.secrets_file] if site.secrets_file else []))
         user = site.user if systemd.scope == "system" else None
+        # Flower's passwords reach Flower only; the units' sandbox sets UMask=0077.
+        unset = () if role == "flower" else tuple(flower_only_secrets(site))
+        hardened = systemd.hardening and systemd.scope == "system"
         return Service(
             name=unit.removesuffix(".service"), role=role, description=description, argv=argv,
-            environment=environment, env_files=env_files,
+            environment=environment, env_files=env_files, unset_environment=unset,
+            umask=0o077 if hardened else 0o022,
             working_directory=site.working_directory, user=user,
             group=(site.group or site.user) if user else None,
             stop_signal="SIGTERM", stop_timeout=timeout, restart=systemd.restart,

@@ -12,7 +12,7 @@ from typing import Any
 
 from crate_deploy.plan.names import FLOWER_DB_FILE
 from crate_deploy.site.checks import STOP_MARGIN, stop_timeout
-from crate_deploy.site.model import Queue, ScheduleEntry, Site, Worker
+from crate_deploy.site.model import SECRET_REFERENCE, Queue, ScheduleEntry, Site, Worker
 
 Settings = dict[str, Any]
 
@@ -91,6 +91,17 @@ def flower_options(site: Site, state_dir: str) -> Settings:
 def flower_basic_auth(site: Site) -> str:
     """FLOWER_BASIC_AUTH with ${NAME} references, resolved by the entry module at start."""
     return ",".join(f"{user.user}:{user.password}" for user in site.flower.auth)
+
+
+def flower_only_secrets(site: Site) -> list[str]:
+    """Secrets only Flower needs (its users' passwords): the other services' units unset
+    them, so a pool or beat never holds a password it has no use for."""
+    if not site.flower.enabled:
+        return []
+    used_elsewhere = {name for url in [*site.broker.urls, site.results.backend or ""]
+                      for name in SECRET_REFERENCE.findall(url)}
+    return sorted({name for user in site.flower.auth
+                   for name in SECRET_REFERENCE.findall(user.password)} - used_elsewhere)
 
 
 def _transport_options(site: Site) -> Settings:

@@ -32,6 +32,7 @@ from crate_deploy.run.host import check_this_host
 from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
+    check_flower_passwords,
     load_deployment,
     masker_for,
     read_secrets,
@@ -57,6 +58,8 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     # Asked before installing, so removed units are stopped as well as disabled.
     problem = None if root else manager_problem(user)
     live = root is None and problem is None
+    if live and start:  # before anything starts: an empty password lets anyone into Flower
+        check_flower_passwords(deployment.site, read_secrets(deployment.site))
     prefix = root or Path("/")
     changes, restart = _install(deployment, prefix, systemctl, live=live)
     try:

@@ -33,6 +33,12 @@ from crate_deploy.run.control import (
     restart_on_signal,
 )
 from crate_deploy.run.failure import EarlyExits
+from crate_deploy.run.guard import (
+    hold_launch_lock,
+    refuse_beside_orphans,
+    stop_orphans,
+    tagged,
+)
 from crate_deploy.run.host import check_this_host
 from crate_deploy.run.logs import LoggingPrinter
 from crate_deploy.run.outcome import report_failure, report_not_ready
@@ -49,6 +55,7 @@ from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
+    check_flower_passwords,
     load_deployment,
     masker_for,
     read_secrets,
@@ -57,6 +64,7 @@ from crate_deploy.state.deployment import (
 from crate_deploy.state.launch import (
     clear_launch_state,
     launcher_pid,
+    orphans,
     save_launch_state,
 )
 from crate_deploy.write import ensure_directory
@@ -97,18 +105,30 @@ class _Fleet:
 def launch_command(directory: Path, *, timeout: float, only: Sequence[str] = ()) -> int:
     deployment = load_deployment(directory)
     check_this_host(deployment)
-    site = deployment.site
-    secrets = read_secrets(site)
-    mask = masker_for(secrets)
-    sink = MaskingSink(sys.stdout, mask)
     running = launcher_pid(deployment)
     if running is not None:
         raise LaunchError(f"{directory} is already launched (pid {running}); "
                           f"`crate-deploy stop {directory}` stops it")
+    lock = hold_launch_lock(deployment)
+    try:
+        refuse_beside_orphans(deployment)
+        return _launch(deployment, timeout, only)
+    finally:
+        os.close(lock)
+
+
+def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
+    site = deployment.site
+    secrets = read_secrets(site)
+    check_flower_passwords(site, secrets)
+    mask = masker_for(secrets)
+    sink = MaskingSink(sys.stdout, mask)
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
     specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
-    ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
+    specs = [tagged(spec) for spec in specs]
+    ensure_directory(Path(deployment.state_dir), mode=0o700, owner=_owner(specs))
+    save_launch_state(deployment, {})  # before any service starts: stop can find us
     say = LoggingPrinter(sink, [spec.name for spec in specs] + [NAME], deployment, mask,
                          services=[spec.name for spec in specs])
     for warning in filter(None, [secrets_file_warning(site), _identity_warning(specs)]):
@@ -129,11 +149,18 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
     """Ask a foreground launch (found through its state file) to stop, and wait for it."""
     deployment = load_deployment(directory)
     pid = launcher_pid(deployment)
+    limit = timeout if timeout is not None else longest_stop(deployment) + 30.0
     if pid is None:
+        living = orphans(deployment)
+        if living:
+            return stop_orphans(deployment, living, limit)
         print(f"{NAME}: nothing launched from {directory} is running")
         return 0
-    os.kill(pid, signal.SIGTERM)
-    limit = timeout if timeout is not None else longest_stop(deployment) + 30.0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        raise LaunchError(f"launch (pid {pid}) runs as another user: run `crate-deploy stop` "
+                          "as that user or as root") from None
     print(f"{NAME}: asked launch (pid {pid}) to stop; running tasks may take up to "
           f"{limit:g}s to finish")
     deadline = time.monotonic() + limit

@@ -58,6 +58,7 @@ class ProcessSpec:
     ignore_failure: bool = False  # ExecStart=-...: a failing exit counts as clean
     user: str | None = None  # User=: switched to when the supervisor runs as root
     group: str | None = None
+    umask: int = 0o022  # UMask=: what systemd would give it, never the caller's umask
 
 
 def process_spec_from_service(service: ServiceSpec) -> ProcessSpec:
@@ -81,6 +82,7 @@ def process_spec_from_service(service: ServiceSpec) -> ProcessSpec:
         ignore_failure=service.ignore_failure,
         user=service.user,
         group=service.group,
+        umask=service.umask,
     )
 
 

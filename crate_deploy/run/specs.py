@@ -37,6 +37,7 @@ def process_spec(service: Service, base_env: Mapping[str, str]) -> ProcessSpec:
         kill_mode="mixed",
         user=service.user,
         group=service.group,
+        umask=service.umask,
     )
 
 
@@ -58,4 +59,6 @@ def service_environment(service: Service, base_env: Mapping[str, str]) -> dict[s
             # The parser's message quotes the line, which may hold a secret.
             raise LaunchError(f"{service.name}: the environment file {path} is malformed: "
                               "write KEY=value lines") from None
+    for name in service.unset_environment:  # UnsetEnvironment=: applied last, as systemd does
+        environment.pop(name, None)
     return environment

@@ -300,6 +300,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=spec.umask,
                 **identity(spec),
             )
         except OSError as error:

@@ -154,14 +154,38 @@ def _stop_timeouts(site: Site) -> Iterator[Finding]:
 def _extra_args(site: Site) -> Iterator[Finding]:
     for w_index, worker in enumerate(site.workers):
         for a_index, arg in enumerate(worker.extra_args):
-            # "--queues=x" and "-Qx": a short option may carry its value attached.
-            option = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
-            if option in MANAGED_ARGS:
+            option = next((o for o in _options_in(arg) if o in MANAGED_ARGS), None)
+            if option is not None:
                 yield (("workers", w_index, "extra_args", a_index), f"{option} is set by "
                        f"crate-deploy from {MANAGED_ARGS[option]}; remove it here", "error")
 
 
+# celery worker's short options that take no value: in a cluster such as "-EQother" each
+# of them is followed by another option; any other letter takes the rest as its value.
+_SHORT_FLAGS = frozenset("BCDEhq")
+
+
+def _options_in(arg: str) -> list[str]:
+    """The options one argument holds: "--queues=x" is --queues; "-Qx" is -Q; a cluster
+    "-Ec9" is -E and -c (click reads it so)."""
+    if arg.startswith("--"):
+        return [arg.partition("=")[0]]
+    options = []
+    for letter in arg[1:]:
+        options.append(f"-{letter}")
+        if letter not in _SHORT_FLAGS:
+            break  # the rest is this option's value
+    return options
+
+
 def _failover(site: Site) -> Iterator[Finding]:
+    for index, url in enumerate(site.broker.urls):
+        query = urlsplit(SECRET_REFERENCE.sub("x", url)).query
+        if query and url.startswith(("amqp", "pyamqp")):
+            yield (("broker", "urls", index), "options in the URL's query reach kombu as "
+                   "text and fail there (?connect_timeout=3 is a string, not a number): "
+                   "remove the query and use broker.connection_timeout and "
+                   "broker.heartbeat", "error")
     schemes = [url.partition("://")[0] for url in site.broker.urls]
     for index, scheme in enumerate(schemes[1:], start=1):
         if scheme != schemes[0]:
@@ -214,9 +238,20 @@ def _executable(site: Site) -> Iterator[Finding]:
 
 def _schedule(site: Site) -> Iterator[Finding]:
     for index, entry in enumerate(site.beat.schedule):
+        here: Loc = ("beat", "schedule", index)
         if (entry.cron is None) == (entry.every is None):
-            yield (("beat", "schedule", index), "give exactly one of cron (crontab fields) or "
-                   "every (seconds)", "error")
+            yield (here, "give exactly one of cron (crontab fields) or every (seconds)",
+                   "error")
+        # Task arguments are shown by Flower (and kept in flower.db): a secret has no
+        # place there, and they are passed as written, never expanded.
+        values: list[tuple[Loc, object]] = [
+            *(((*here, "args", i), arg) for i, arg in enumerate(entry.args)),
+            *(((*here, "kwargs", key), value) for key, value in entry.kwargs.items())]
+        for where, value in values:
+            if isinstance(value, str) and "${" in value:
+                yield (where, "task arguments are not expanded, and Flower shows them to "
+                       "its users: ${...} references belong in broker.urls, results.backend "
+                       "and flower.auth only; let the task read its secret itself", "error")
 
 
 # Set by the units themselves; an EnvironmentFile= would override them (and FLOWER_* would

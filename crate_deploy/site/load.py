@@ -21,6 +21,9 @@ from crate_deploy.site.yaml_errors import explain
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_VALUES = 100_000
+# Characters of text once aliases are expanded: a few long strings aliased a few
+# hundred times stay under MAX_VALUES yet expand a 400 KB file to hundreds of MB.
+MAX_EXPANDED_CHARS = 4 * MAX_FILE_BYTES
 MAX_DEPTH = 32
 # YAML allows tabs and line breaks; any other control character is a paste accident or an attack.
 # U+2028/U+2029 are line breaks to YAML but not to most editors: a comment could hide a key.
@@ -140,6 +143,7 @@ class _Builder:
         self.loader = loader
         self.problems: list[Problem] = []
         self.count = 0
+        self.chars = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.count += 1
@@ -149,6 +153,12 @@ class _Builder:
         if len(loc) > MAX_DEPTH:
             message = f"nested more than {MAX_DEPTH} levels deep (a recursive alias?)"
             raise SiteError([self._at(node, loc[:MAX_DEPTH], message)])
+        if isinstance(node, yaml.ScalarNode):
+            self.chars += len(node.value)
+            if self.chars > MAX_EXPANDED_CHARS:
+                message = (f"expands to more than {MAX_EXPANDED_CHARS} characters of text "
+                           "(an alias bomb?)")
+                raise SiteError([self._at(node, loc, message)])
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)
         if isinstance(node, yaml.SequenceNode):

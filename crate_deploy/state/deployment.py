@@ -107,6 +107,9 @@ def read_secrets(site: Site) -> dict[str, str]:
             raise LaunchError(f"cannot read the secrets file {path} ({exc.strerror}); run as "
                               "a user who can, or set the variables it holds in the "
                               "environment") from None
+        except UnicodeDecodeError as exc:
+            raise LaunchError(f"the secrets file {path} is not UTF-8 text (byte {exc.start + 1} "
+                              "cannot be read): save it as UTF-8") from None
         except UnitError as exc:
             # Only the line number: the parser's message quotes the line, secret and all.
             line = re.search(r":(\d+):", str(exc))
@@ -143,6 +146,19 @@ def flower_credentials(site: Site, secrets: dict[str, str]) -> tuple[str, str] |
         return None
     user = site.flower.auth[0]
     return user.user, resolve(user.password, secrets, "flower.auth[0].password")
+
+
+def check_flower_passwords(site: Site, secrets: dict[str, str]) -> None:
+    """Refuse a Flower user whose password resolves to nothing: Flower would let anyone
+    in with that user name and an empty password (`curl -u admin:`)."""
+    if not site.flower.enabled:
+        return
+    for index, user in enumerate(site.flower.auth):
+        if not resolve(user.password, secrets, f"flower.auth[{index}].password"):
+            raise LaunchError(f"flower.auth[{index}] ({user.user}): the password "
+                              f"{user.password} is empty; set it in the secrets_file "
+                              f"{site.secrets_file} (Flower would accept an empty password "
+                              "from anyone)")
 
 
 def masker_for(secrets: dict[str, str]) -> Masker:

@@ -209,6 +209,7 @@ class ServiceSpec:
     start_limit_burst: int = 5
     start_limit_interval_sec: float = 10.0
     ignore_failure: bool = False  # ExecStart=-...: a failing exit counts as a success
+    umask: int = 0o022  # UMask=, systemd's default
 
 
 def load_service(path: Path, base_env: Mapping[str, str]) -> ServiceSpec:
@@ -255,6 +256,7 @@ def service_from_unit(unit: UnitFile, name: str, base_env: Mapping[str, str]) ->
             unit, ("StartLimitIntervalSec", "StartLimitInterval"), parse_time_span, 10.0, limits
         ),
         ignore_failure=command.ignore_failure,
+        umask=_setting(unit, ("UMask",), _umask, 0o022),
     )
 
 
@@ -296,7 +298,18 @@ def _environment(
         if not path.exists():
             raise UnitError(f"{unit.source}: EnvironmentFile={path} does not exist")
         environment.update(parse_environment_file(_read_text(path, "environment file"), str(path)))
+    for value in unit.values("Service", "UnsetEnvironment"):
+        _unset(environment, resolve_specifiers(value, f"{unit.source}: UnsetEnvironment="))
     return environment, files
+
+
+def _unset(environment: dict[str, str], words: str) -> None:
+    """UnsetEnvironment=, applied last as systemd does: NAME removes the variable,
+    NAME=VALUE removes it only while it holds exactly that value."""
+    for word in words.split():
+        name, equals, value = word.partition("=")
+        if not equals or environment.get(name) == value:
+            environment.pop(name, None)
 
 
 def _environment_file_setting(value: str, source: str) -> tuple[Path, bool]:
@@ -306,6 +319,12 @@ def _environment_file_setting(value: str, source: str) -> tuple[Path, bool]:
     if not text.startswith("/") or any(char in text for char in "*?["):
         raise UnitError(f"{source}: EnvironmentFile={value} must be an absolute path, not a glob")
     return Path(text), optional
+
+
+def _umask(value: str) -> int:
+    if re.fullmatch(r"[0-7]{1,4}", value) is None:
+        raise UnitError("not an octal mode")
+    return int(value, 8)
 
 
 _T = TypeVar("_T")

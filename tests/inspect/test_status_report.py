@@ -10,7 +10,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from crate_deploy.inspect.status import _processes, _text
+from crate_deploy.run.guard import hold_launch_lock
 from crate_deploy.state.deployment import load_deployment
+from crate_deploy.state.launch import save_launch_state
 from tests.conftest import MINIMAL, Result
 
 
@@ -23,10 +25,15 @@ def test_processes_are_state_pid_and_since(run_cli: Callable[..., Result],
     try:
         gone = subprocess.Popen(["true"])
         gone.wait()
-        (out / ".crate-deploy-launch.json").write_text(json.dumps({
-            "launcher": os.getpid(), "services": {"demo-worker-default.service": child.pid,
-                                                  "demo-beat.service": gone.pid}}))
-        processes = _processes(load_deployment(out))
+        # As a launch leaves it: this process holds the launch lock and wrote the state.
+        deployment = load_deployment(out)
+        lock = hold_launch_lock(deployment)
+        try:
+            save_launch_state(deployment, {"demo-worker-default.service": child.pid,
+                                           "demo-beat.service": gone.pid})
+            processes = _processes(deployment)
+        finally:
+            os.close(lock)
     finally:
         child.kill()
         child.wait()

@@ -49,7 +49,7 @@ def declare_queue_on(publisher: Publisher, cluster_node: Node, vhost: str) -> No
     from kombu.connection import Connection
 
     queue = publisher.app.amqp.queues[QUEUE]
-    with Connection(cluster_node.url(vhost)) as connection:  # type: ignore[no-untyped-call]
+    with Connection(cluster_node.url(vhost)) as connection:
         queue.bind(connection.default_channel).declare()
 
 

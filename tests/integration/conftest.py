@@ -170,7 +170,7 @@ def _merge(data: dict[str, Any], changes: Mapping[str, Any]) -> None:
 def make_demo_site(tmp: Path, vhost: str, venv: Path,
                    overrides: Mapping[str, Any] | None = None,
                    broker_host: str = BROKER,
-                   broker_password: str = "guest") -> DemoSite:
+                   broker_password: str = "guest", broker_user: str = "guest") -> DemoSite:
     """Copy examples/demo into tmp, point it at this test's vhost, venv, ports and state,
     and render it into tmp/out."""
     site_dir = tmp / "demo"
@@ -190,7 +190,7 @@ def make_demo_site(tmp: Path, vhost: str, venv: Path,
         "working_directory": str(site_dir),
         "secrets_file": str(secrets),
         "paths": {"state_dir": str(tmp / "state")},
-        "broker": {"urls": [f"amqp://guest:${{BROKER_PASSWORD}}@{broker_host}/{vhost}"]},
+        "broker": {"urls": [f"amqp://{broker_user}:${{BROKER_PASSWORD}}@{broker_host}/{vhost}"]},
         "flower": {"port": port},
     })
     _merge(data, overrides or {})
@@ -200,7 +200,7 @@ def make_demo_site(tmp: Path, vhost: str, venv: Path,
     render(site_file, out)
     user = data["flower"]["auth"][0]["user"]
     return DemoSite(site_dir, site_file, out, vhost, venv,
-                    f"amqp://guest:{broker_password}@{broker_host}/{vhost}", port, user,
+                    f"amqp://{broker_user}:{broker_password}@{broker_host}/{vhost}", port, user,
                     flower_password, broker_password, data)
 
 
@@ -253,7 +253,7 @@ def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2,
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2, *,
              what: str = "condition", describe: Callable[[], str] = lambda: "") -> Any:
     """Poll until condition() is truthy; return its value or fail after timeout, with
     describe()'s account of the state (a journal, say)."""

@@ -288,7 +288,7 @@ def queue_depth(site: DemoSite, queue: str) -> int | None:
     from amqp.exceptions import NotFound
     from kombu.connection import Connection
 
-    with Connection(site.broker_url) as connection:  # type: ignore[no-untyped-call]
+    with Connection(site.broker_url) as connection:
         try:
             return int(connection.default_channel.queue_declare(queue=queue, passive=True)[1])
         except NotFound:  # 404: no such queue (any other failure is the test's)

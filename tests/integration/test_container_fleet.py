@@ -366,7 +366,7 @@ def _exercise(ct: Container, fleet: Fleet, timings: dict[str, float]) -> None:
             tasks = client.active("demo-slow")
             return tasks if len(tasks) == 2 else []
 
-        running = wait_for(two_running, 30, "2 slow tasks running (the pool's concurrency)")
+        running = wait_for(two_running, 30, what="2 slow tasks running (the pool's concurrency)")
         running_ids = {task["id"] for task in running}
         assert {task["hostname"] for task in running} == {nodes["slow"]}
         stop_issued = time.monotonic()

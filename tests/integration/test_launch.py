@@ -21,6 +21,7 @@ import pytest
 
 from crate_deploy.inspect.probe import http_status
 from crate_deploy.run.launch import INHERITED
+from crate_deploy.state.launch import LAUNCH_TAG
 from crate_deploy.systemd.units import load_service
 from tests.integration.conftest import (
     QUEUES,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 SERVICES = ["demo-worker-quick", "demo-worker-slow", "demo-beat", "demo-flower"]
 # What the demo site renders for each pool, against demoapp's own prefetch 8 / early acks.
-EXPECTED = {
+EXPECTED: dict[str, dict[str, Any]] = {
     "quick": {"concurrency": 4, "prefetch_multiplier": 4, "time_limit": None,
               "soft_time_limit": None},
     "slow": {"concurrency": 2, "prefetch_multiplier": 1, "time_limit": 120.0,
@@ -151,7 +152,10 @@ def test_processes_run_exactly_what_their_units_say(
         assert Path(command[0]).parent.resolve() == venv_bin, command
         assert command[1:] == unit.argv, f"{service}: {command[1:]} != {unit.argv}"
         assert unit.argv[0] == str(site.venv / "bin" / "celery")
-        assert _environ(pid) == unit.environment, service
+        environ = _environ(pid)
+        # Beside the unit's environment, launch's tag: how stop knows its own services.
+        assert environ.pop(LAUNCH_TAG).startswith(f"{launch.launcher_pid}:"), service
+        assert environ == unit.environment, service
         assert os.readlink(f"/proc/{pid}/cwd") == str(unit.working_directory)
         assert unit.working_directory == site.site_dir
     # The pools are the nodes the site names, and the pool settings are per unit.

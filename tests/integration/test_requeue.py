@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from tests.conftest import Result
+from tests.conftest import ROOT, Result
 from tests.rabbit import amqp_url, temporary_vhost
 
 pytestmark = pytest.mark.slow
@@ -22,7 +28,15 @@ def vhost() -> Iterator[str]:
         yield name
 
 
-def render_site(run_cli: Callable[..., Result], tmp_path: Path, vhost: str) -> Path:
+QUORUM_QUEUES: list[dict[str, Any]] = [
+    {"name": "work", "type": "quorum", "delivery_limit": 2, "dead_letter": True},
+    {"name": "other"}]
+
+
+def render_site(run_cli: Callable[..., Result], tmp_path: Path, vhost: str,
+                queues: list[dict[str, Any]] | None = None) -> Path:
+    """The site with a dead-lettering queue `work`, rendered into tmp_path/out."""
+    queues = queues if queues is not None else QUORUM_QUEUES
     secrets = tmp_path / "secrets.env"
     secrets.write_text("BROKER_PASSWORD=guest\n")
     secrets.chmod(0o600)
@@ -31,9 +45,8 @@ def render_site(run_cli: Callable[..., Result], tmp_path: Path, vhost: str) -> P
         "project": "rq", "app": "rqapp", "celery": "/usr/bin/celery",
         "celery_version": "5.7.0", "secrets_file": str(secrets),
         "broker": {"urls": [amqp_url(vhost, "${BROKER_PASSWORD}")]},
-        "queues": [{"name": "work", "type": "quorum", "delivery_limit": 2, "dead_letter": True},
-                   {"name": "other"}],
-        "workers": [{"name": "w", "queues": ["work", "other"]}],
+        "queues": queues,
+        "workers": [{"name": "w", "queues": [queue["name"] for queue in queues]}],
     }))
     out = tmp_path / "out"
     result = run_cli("render", site, "-o", out)
@@ -118,3 +131,78 @@ def test_requeue_to_another_queue_and_bad_names(run_cli: Callable[..., Result],
     assert "note: -C is deprecated: give the directory first" in moved.err
     assert "work.dead -> other: moved 2 message(s)" in moved.out
     assert depth(vhost, "other") == 2
+
+
+def test_a_destination_deleted_mid_run_loses_nothing_and_the_count_is_true(
+        run_cli: Callable[..., Result], tmp_path: Path, vhost: str) -> None:
+    """3,000 parked tasks; the destination queue is deleted while requeue moves them.
+    Without mandatory publishing the broker dropped what it could not route (1,136 of
+    3,000 vanished) while requeue printed "moved 3000" and exited 0. Now: every message
+    is in the destination's consumer, in what the deletion took (counted by the broker),
+    or still parked (but for the one in flight at the instant of the deletion); requeue
+    fails, and the count it prints is what really moved."""
+    import threading
+
+    import amqp
+
+    out = render_site(run_cli, tmp_path, vhost, [{"name": "work", "dead_letter": True}])
+
+    def connect() -> amqp.Connection:
+        connection = amqp.Connection(host="127.0.0.1:5672", userid="guest", password="guest",
+                                     virtual_host=vhost)
+        connection.connect()
+        return connection
+
+    total = 3000
+    setup = connect()
+    channel = setup.channel()
+    channel.queue_declare("work.dead", durable=True, auto_delete=False)
+    channel.queue_declare("work", durable=True, auto_delete=False)
+    channel.confirm_select()
+    for index in range(total):
+        channel.basic_publish(amqp.Message(json.dumps({"n": index})), "", "work.dead")
+    assert depth(vhost, "work.dead") == total
+
+    received: list[int] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        connection = connect()
+        try:
+            consumer = connection.channel()
+            consumer.basic_consume("work", no_ack=True, callback=lambda m: received.append(1))
+            while not stop.is_set():
+                try:
+                    connection.drain_events(timeout=0.2)
+                except TimeoutError:
+                    continue
+        except Exception:  # the deletion cancels the consumer (ConsumerCancelled)
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    proc = subprocess.Popen([sys.executable, "-m", "crate_deploy", "requeue", "work", "-C",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while len(received) < 300 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    deleted = channel.queue_delete("work")  # the broker says how many it took with it
+    stdout, stderr = proc.communicate(timeout=300)
+    time.sleep(1.0)
+    stop.set()
+    thread.join(10)
+    setup.close()
+    remaining = depth(vhost, "work.dead")
+    moved = re.findall(r"moved (\d+)", stdout + stderr)
+    assert proc.returncode == 1, stdout + stderr
+    assert "Traceback" not in stderr
+    assert moved, stdout + stderr
+    # requeue publishes one message at a time and waits for its confirm: at most that one
+    # can be confirmed into the queue in the instant the deletion takes the queue away.
+    arrived = len(received) + deleted
+    assert 0 <= int(moved[-1]) - arrived <= 1, (stdout + stderr, len(received), deleted)
+    assert remaining + int(moved[-1]) == total, (remaining, moved, stdout + stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -96,7 +97,7 @@ def _leaves(data: object, loc: tuple[object, ...] = ()) -> list[tuple[object, ..
     return [loc]
 
 
-GARBAGE = [None, 0, -1, 10**12, "", "Bad Name", "${X", [], {}, {"x": 1}, True, 1.5]
+GARBAGE: list[Any] = [None, 0, -1, 10**12, "", "Bad Name", "${X", [], {}, {"x": 1}, True, 1.5]
 
 
 @settings(max_examples=60, deadline=None,

@@ -5,8 +5,9 @@
 Imports the application's own Celery app, then overlays the settings rendered in
 crate_deploy_celeryconfig, so they win even when the application configures itself
 (for instance with config_from_object on its Django settings). Secret references
-(${NAME}) are resolved from the environment here, at run time, so no password is
-written into any rendered file.
+(${NAME}), in the broker and result backend URLs and Flower's auth only, are resolved
+from the environment here, at run time, so no password is written into any rendered
+file, nor held in app.conf, which `celery inspect conf` shows.
 """
 
 import contextlib
@@ -27,18 +28,12 @@ HEARTBEAT_INTERVAL = 10  # seconds; the liveness probe allows 60
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _resolve(value, in_url=True):
-    """Replace ${NAME} references with the environment's values, recursively.
+def _resolve(text, in_url=True):
+    """Replace ${NAME} references in one text with the environment's values.
 
-    In settings the references stand in URLs, so values are percent-encoded there: a
-    password holding '@', '/' or ':' must not move the host."""
-    if isinstance(value, str):
-        return _REFERENCE.sub(lambda match: _lookup(match.group(1), in_url), value)
-    if isinstance(value, list):
-        return [_resolve(item, in_url) for item in value]
-    if isinstance(value, dict):
-        return {key: _resolve(item, in_url) for key, item in value.items()}
-    return value
+    In URLs the values are percent-encoded: a password holding '@', '/' or ':' must
+    not move the host."""
+    return _REFERENCE.sub(lambda match: _lookup(match.group(1), in_url), text)
 
 
 def _lookup(name, in_url):
@@ -48,6 +43,26 @@ def _lookup(name, in_url):
             "secrets_file (or the environment)"
         )
     return quote(os.environ[name], safe="") if in_url else os.environ[name]
+
+
+def _pass_urls_by_environment(settings):
+    """Hand Celery the resolved broker and result backend URLs through its environment
+    overrides, never through app.conf.
+
+    `celery inspect conf`, and Flower's worker pages with it, show app.conf to whoever
+    may ask, masking only what Celery's key-name patterns guess is secret; what conf
+    holds here is the ${NAME} form. Celery reads CELERY_BROKER_URL (and its read and
+    write variants) and CELERY_RESULT_BACKEND before conf, and no remote command shows
+    a process's environment."""
+    broker = settings.get("broker_url")
+    if broker is not None:
+        urls = broker if isinstance(broker, list) else [broker]
+        resolved = ";".join(_resolve(url) for url in urls)  # kombu's failover list form
+        for name in ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL"):
+            os.environ[name] = resolved
+    backend = settings.get("result_backend")
+    if backend is not None:
+        os.environ["CELERY_RESULT_BACKEND"] = _resolve(backend)
 
 
 def _schedule(entries):
@@ -69,7 +84,7 @@ def _settings():
     pool = os.environ.get("CRATE_DEPLOY_POOL")
     if pool:
         settings.update(_rendered._POOL_SETTINGS[pool])
-    settings = _resolve(settings)
+    _pass_urls_by_environment(settings)
     if "beat_schedule" in settings:
         settings["beat_schedule"] = _schedule(settings["beat_schedule"])
     return settings
@@ -165,6 +180,20 @@ if "CRATE_DEPLOY_HEARTBEAT_FILE" in os.environ:
     signals.worker_init.connect(_start_heartbeat, weak=False)
     signals.beat_init.connect(_start_heartbeat, weak=False)
 
+
+
+def _flower_basic_auth(references):
+    """FLOWER_BASIC_AUTH with its ${NAME} references resolved; an empty password would
+    let anyone in (`curl -u admin:`), so Flower is not started with one."""
+    resolved = _resolve(references, in_url=False)
+    for pair in resolved.split(","):
+        user, _, password = pair.partition(":")
+        if not password:
+            raise RuntimeError(f"crate-deploy: the Flower password of {user!r} is empty; set "
+                               "it in the site's secrets_file")
+    return resolved
+
+
 # Flower reads FLOWER_BASIC_AUTH after the app is loaded: resolve its references now.
 if "FLOWER_BASIC_AUTH" in os.environ:
-    os.environ["FLOWER_BASIC_AUTH"] = _resolve(os.environ["FLOWER_BASIC_AUTH"], in_url=False)
+    os.environ["FLOWER_BASIC_AUTH"] = _flower_basic_auth(os.environ["FLOWER_BASIC_AUTH"])

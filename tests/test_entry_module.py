@@ -1,0 +1,117 @@
+"""The rendered entry module (crate_deploy_app.py) imported for real, with Celery, in a
+fresh interpreter: it resolves ${NAME} references into what Celery connects with, and
+into nothing `celery inspect conf` can show, whatever the application's config style."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Result
+
+SECRETS = {"BROKER_PASSWORD": "Br0ker-PW-e1e2", "REDIS_PASSWORD": "Red1s-PW-a8a9",
+           "FLOWER_PASSWORD": "Fl0wer-PW-c3c4"}
+APPS = {
+    "plain": "from celery import Celery\napp = Celery('x')\n",
+    "namespace": "from celery import Celery\nclass S:\n    CELERY_TASK_ACKS_LATE = False\n"
+                 "app = Celery('x')\napp.config_from_object(S, namespace='CELERY')\n",
+    "no-namespace": "from celery import Celery\nclass S:\n    CELERY_ACKS_LATE = False\n"
+                    "    BROKER_URL = 'amqp://nobody@127.0.0.1:1//'\n"
+                    "app = Celery('x')\napp.config_from_object(S)\n",
+}
+SITE = """\
+    project: demo
+    app: theapp
+    celery: /usr/bin/celery
+    secrets_file: secrets.env
+    broker:
+      urls: ["amqp://demo:${BROKER_PASSWORD}@127.0.0.1:5672//",
+             "amqp://demo:${BROKER_PASSWORD}@127.0.0.2:5672//"]
+    results:
+      backend: "redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0"
+    workers:
+      - name: default
+        queues: [celery]
+    beat:
+      enabled: true
+      schedule:
+        - name: nightly
+          task: theapp.nightly
+          every: 60
+          args: ["plain"]
+    flower:
+      enabled: true
+      auth:
+        - user: admin
+          password: ${FLOWER_PASSWORD}
+"""
+PROBE = """\
+import json, os
+import crate_deploy_app as entry
+conf = entry.app.conf
+print(json.dumps({
+    "table": conf.table(with_defaults=False, censored=False),
+    "broker": entry.app.connection_for_write().as_uri(include_password=True),
+    "read": entry.app.connection_for_read().as_uri(include_password=True),
+    "backend": conf.result_backend,
+    "args": conf.beat_schedule["nightly"]["args"] if "beat_schedule" in conf else
+            conf["CELERY_BEAT_SCHEDULE"]["nightly"]["args"] if "CELERY_BEAT_SCHEDULE" in conf
+            else conf["CELERYBEAT_SCHEDULE"]["nightly"]["args"],
+    "flower_auth": os.environ.get("FLOWER_BASIC_AUTH"),
+}, default=repr))
+"""
+
+
+def _import_entry(out: Path, app: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (out / "theapp.py").write_text(app)
+    return subprocess.run([sys.executable, "-c", PROBE], cwd=out, capture_output=True,
+                          text=True, timeout=120, check=False,
+                          env={"PATH": os.environ["PATH"], "PYTHONPATH": str(out), **env})
+
+
+@pytest.fixture
+def rendered(tmp_path: Path, run_cli: Callable[..., Result]) -> Path:
+    (tmp_path / "site.yaml").write_text(textwrap.dedent(SITE))
+    out = tmp_path / "out"
+    result = run_cli("render", tmp_path / "site.yaml", "-o", out)
+    assert result.code == 0, result.err
+    return out
+
+
+@pytest.mark.parametrize("style", sorted(APPS))
+def test_resolved_urls_reach_celery_but_never_app_conf(rendered: Path, style: str) -> None:
+    result = _import_entry(rendered, APPS[style], SECRETS)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    table = json.dumps(seen["table"])
+    for value in SECRETS.values():  # uncensored: no reliance on Celery's key-name guesses
+        assert value not in table, f"app.conf holds a secret ({style})"
+    assert "${BROKER_PASSWORD}" in table  # what conf holds instead
+    assert seen["broker"] == seen["read"] == (
+        f"amqp://demo:{SECRETS['BROKER_PASSWORD']}@127.0.0.1:5672//")
+    assert seen["backend"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@127.0.0.1:6379/0"
+    assert seen["flower_auth"] is None  # only the Flower unit sets it
+
+
+def test_task_arguments_are_never_expanded(rendered: Path) -> None:
+    """Validation refuses ${...} in beat arguments; should one reach the config anyway
+    (a hand edit), it stays literal: it is never filled from the environment."""
+    config = rendered / "crate_deploy_celeryconfig.py"
+    config.write_text(config.read_text().replace("'plain'", "'${BROKER_PASSWORD}'"))
+    result = _import_entry(rendered, APPS["plain"], SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["args"] == ["${BROKER_PASSWORD}"]
+
+
+def test_flower_refuses_to_start_with_an_empty_password(rendered: Path) -> None:
+    result = _import_entry(rendered, APPS["plain"], {
+        **SECRETS, "FLOWER_PASSWORD": "", "FLOWER_BASIC_AUTH": "admin:${FLOWER_PASSWORD}"})
+    assert result.returncode != 0
+    assert "the Flower password of 'admin' is empty" in result.stderr
