@@ -93,8 +93,8 @@ def test_crate_example_is_installed_enabled_and_verified(
     code, output = launch(out, root, capsys)
     assert code == 0
     units = ["crate.target", *CRATE_SERVICES]
-    config = ["crate_deploy_app.py", "crate_deploy_celeryconfig.py", "flowerconfig.py",
-              "crate.env", "deployment.json"]
+    config = ["crate_deploy_app.py", "crate_deploy_celeryconfig.py", "crate_deploy_producer.py",
+              "flowerconfig.py", "crate.env", "deployment.json"]
     assert statuses(output) == dict.fromkeys(units + config, "created")
     for unit in units:
         assert (root / UNITS / unit).read_bytes() == (out / "systemd" / unit).read_bytes()

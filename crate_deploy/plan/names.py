@@ -15,6 +15,8 @@ DEFAULT_OUTPUT_DIR = Path("crate-deploy-out")
 UNIT_DIR = "systemd"
 APP_MODULE = "crate_deploy_app"
 CONFIG_MODULE = "crate_deploy_celeryconfig"
+# The settings module for the application's own processes that send tasks.
+PRODUCER_MODULE = "crate_deploy_producer"
 FLOWER_CONFIG = "flowerconfig.py"
 DEPLOYMENT_FILE = "deployment.json"
 MANIFEST_FILE = ".crate-deploy-manifest.json"

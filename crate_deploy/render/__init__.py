@@ -20,6 +20,7 @@ from crate_deploy import __version__
 from crate_deploy.errors import RenderError
 from crate_deploy.plan import names
 from crate_deploy.plan.compat import drop_unknown
+from crate_deploy.plan.producer import producer_module
 from crate_deploy.plan.settings import (
     celery_settings,
     dead_letter_queues,
@@ -61,6 +62,8 @@ def render_site(site: Site, source: str, config_dir: str, versions: TargetVersio
         context.python(f"{names.CONFIG_MODULE}.py", "celeryconfig.py.j2",
                        settings=settings, pool_settings=pool_settings(site),
                        dead_letter_queues=dead_letter_queues(site)),
+        context.python(f"{names.PRODUCER_MODULE}.py", "producer.py.j2",
+                       producer=producer_module(site, settings)),
         context.text(names.env_file_name(site), "env.j2", "#", environment=_environment(
             site, config_dir)),
         *context.units(),

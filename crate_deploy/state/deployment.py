@@ -22,6 +22,7 @@ from crate_deploy.plan.names import (
     DEPLOYMENT_FILE,
     FLOWER_CONFIG,
     LAUNCH_STATE_FILE,
+    PRODUCER_MODULE,
     UNIT_DIR,
     env_file_name,
 )
@@ -51,16 +52,18 @@ class Deployment:
     @property
     def config_files(self) -> list[str]:
         """The files in config_dir, by name; all but deployment.json are read by services."""
-        names = [f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site),
-                 DEPLOYMENT_FILE]
+        names = [f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", f"{PRODUCER_MODULE}.py",
+                 env_file_name(self.site), DEPLOYMENT_FILE]
         if self.site.flower.enabled:
             names.append(FLOWER_CONFIG)
         return names
 
     @property
     def shared_files(self) -> set[str]:
-        """Config every service reads: a change to one restarts them all."""
-        return {f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site)}
+        """Config every service reads: a change to one restarts them all. (The producer
+        module too: an app that imports it in its own settings reads it in every service.)"""
+        return {f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", f"{PRODUCER_MODULE}.py",
+                env_file_name(self.site)}
 
     @property
     def launch_state(self) -> Path:
