@@ -123,13 +123,36 @@ def status(directory: Path, as_json: bool) -> int:
 
 
 @cli.command()
+@OUTPUT_DIR
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to let the application import.")
+@click.option("--foreground", is_flag=True,
+              help="For a foreground launch: skip the systemd sandbox checks.")
+def check(directory: Path, timeout: float, foreground: bool) -> int:
+    """Pre-flight against the real application; exit 1 if work could not flow."""
+    from crate_deploy.inspect.check import check_command
+
+    return check_command(directory, timeout=timeout, foreground=foreground)
+
+
+@cli.command()
 @click.argument("queues", nargs=-1)
 @click.option("-C", "--directory", type=click.Path(path_type=Path, file_okay=False),
               default=DEFAULT_OUTPUT_DIR, show_default=True, help="The render directory.")
 @click.option("--to", help="Move to this queue instead of the one each task came from.")
 @click.option("--dry-run", is_flag=True, help="List what is parked; move nothing.")
-def requeue(queues: tuple[str, ...], directory: Path, to: str | None, dry_run: bool) -> int:
+@click.option("--stranded", multiple=True, metavar="QUEUE",
+              help="Move the tasks on QUEUE, which no pool consumes, to where the site routes "
+              "each one now (repeatable).")
+def requeue(queues: tuple[str, ...], directory: Path, to: str | None, dry_run: bool,
+            stranded: tuple[str, ...]) -> int:
     """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them."""
+    if stranded:
+        if queues or to:
+            raise UsageError("--stranded takes no QUEUES or --to: the site's routes decide")
+        from crate_deploy.inspect.reroute import reroute_command
+
+        return reroute_command(directory, stranded, dry_run=dry_run)
     from crate_deploy.inspect.requeue import requeue_command
 
     return requeue_command(directory, queues, to=to, dry_run=dry_run)

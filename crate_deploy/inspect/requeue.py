@@ -95,8 +95,6 @@ def _list(channel: Any, move: Move) -> int:
 
 
 def _move(channel: Any, move: Move) -> int:
-    import amqp
-
     depth = _depth(channel, move.source)
     if depth and _depth(channel, move.target) is None:
         # Published to a queue that does not exist, a message would be dropped unroutable.
@@ -109,20 +107,28 @@ def _move(channel: Any, move: Move) -> int:
         message = channel.basic_get(queue=move.source, no_ack=False)
         if message is None:
             break
-        properties = dict(message.properties)
-        headers = {key: value for key, value in (properties.pop("application_headers", None)
-                                                 or {}).items() if key not in _DEATH_HEADERS}
-        copy = amqp.Message(message.body, application_headers=headers, **properties)
-        try:
-            channel.basic_publish_confirm(copy, exchange="", routing_key=move.target)
-        except Exception as exc:
-            channel.basic_reject(message.delivery_tag, requeue=True)
-            raise LaunchError(f"publishing to {move.target} failed after {moved} moved "
-                              f"({exc}); the rest stay in {move.source}") from None
-        channel.basic_ack(message.delivery_tag)
+        publish_then_ack(channel, message, move, moved)
         moved += 1
     click.echo(f"{move.source} -> {move.target}: moved {moved} message(s)")
     return moved
+
+
+def publish_then_ack(channel: Any, message: Any, move: Move, moved: int) -> None:
+    """Publish a copy to move.target with a publisher confirm, and only then ack the original
+    (a failed publish puts the original back and stops the move)."""
+    import amqp
+
+    properties = dict(message.properties)
+    headers = {key: value for key, value in (properties.pop("application_headers", None)
+                                             or {}).items() if key not in _DEATH_HEADERS}
+    copy = amqp.Message(message.body, application_headers=headers, **properties)
+    try:
+        channel.basic_publish_confirm(copy, exchange="", routing_key=move.target)
+    except Exception as exc:
+        channel.basic_reject(message.delivery_tag, requeue=True)
+        raise LaunchError(f"publishing to {move.target} failed after {moved} moved "
+                          f"({exc}); the rest stay in {move.source}") from None
+    channel.basic_ack(message.delivery_tag)
 
 
 def _describe(message: Any) -> str:

@@ -13,6 +13,7 @@ import click
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
+from crate_deploy.inspect.stranded import stranded_queues
 from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
     Deployment,
@@ -45,6 +46,7 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
             queues=probe.queue_depths(app, site, timeout),
             flower=probe.flower_health(site, flower_credentials(site, secrets))
             if site.flower.enabled else None)
+        stranded, looked = stranded_queues(app, site, urls)
     except probe.broker_errors(app) as exc:  # lost the broker after check_broker
         error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
         report["broker"] = {"reachable": False, "error": error}
@@ -56,10 +58,11 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
                   flower=asdict(health.flower) if health.flower else None)
     processes = _processes(deployment)
     report["processes"] = processes
+    report["stranded"] = {"queues": [asdict(queue) for queue in stranded], "found_by": looked}
     beat_up = _beat_up(deployment, processes)
     if site.beat.enabled:
         report["beat"] = {"up": beat_up}
-    up = not health.missing() and (beat_up or not site.beat.enabled)
+    up = not health.missing() and (beat_up or not site.beat.enabled) and not stranded
     return _finish(report, as_json, mask, up=up)
 
 
@@ -120,4 +123,14 @@ def _text(report: dict[str, Any]) -> str:
                      f"{flower['detail']}")
     for name, state in report["processes"].items():
         lines.append(f"process  {name:<36} {state}")
+    lines.extend(_stranded_lines(report.get("stranded")))
     return "\n".join(lines)
+
+
+def _stranded_lines(stranded: dict[str, Any] | None) -> list[str]:
+    if not stranded:
+        return []
+    return [f"STRANDED {queue['name']}: {queue['ready']} message(s) and no consumer: no pool "
+            f"of this site consumes it (`crate-deploy check` names the tasks sent there; "
+            f"`crate-deploy requeue --stranded {queue['name']}` moves them)"
+            for queue in stranded["queues"]]

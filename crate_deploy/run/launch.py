@@ -21,6 +21,7 @@ from typing import Any
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
+from crate_deploy.inspect.preflight import refuse_unless_clear
 from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.run.supervise import (
     LinePrinter,
@@ -91,6 +92,7 @@ def launch_command(directory: Path, *, timeout: float) -> int:
                           f"`crate-deploy stop {directory}` stops it")
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
+    refuse_unless_clear(deployment, sandboxed=False)
     specs = _process_specs(deployment)
     ensure_directory(Path(deployment.state_dir), owner=_owner(specs))
     say = LinePrinter(sink, [spec.name for spec in specs] + [NAME])
