@@ -93,6 +93,7 @@ beat_schedule = {
         'kwargs': {},
         'options': {
             'queue': 'maintenance',
+            'ignore_result': True,
         },
     },
 }
