@@ -165,10 +165,17 @@ def listening_pids(port: int) -> set[int]:
 
 def _holds_socket(proc: Path, inodes: set[str]) -> bool:
     try:
-        links = [str(fd.readlink()) for fd in (proc / "fd").iterdir()]
+        fds = list((proc / "fd").iterdir())
     except OSError:
-        return False
-    return any(link.startswith("socket:[") and link[8:-1] in inodes for link in links)
+        return False  # gone, or not ours to look at
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for fd in fds:
+        try:
+            if str(fd.readlink()) in wanted:
+                return True
+        except OSError:
+            continue  # closed meanwhile (listing the directory opens one itself)
+    return False
 
 
 def _bindable(address: str, port: int) -> bool:

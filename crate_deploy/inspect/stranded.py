@@ -55,12 +55,13 @@ def stranded_queues(app: Any, site: Site, urls: list[str],
             if ready and not consumers and is_work_queue(name)], source
 
 
-def management_queues(url: str, timeout: float) -> list[tuple[str, int, int]] | None:
+def management_queues(url: str, timeout: float,
+                      port: int = MANAGEMENT_PORT) -> list[tuple[str, int, int]] | None:
     """(name, ready, consumers) of every queue in url's vhost, or None if the API is not
     reachable there (plugin off, another port, refused credentials)."""
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    api = (f"http://{parts.hostname}:{MANAGEMENT_PORT}/api/queues/{quote(vhost, safe='')}"
+    api = (f"http://{parts.hostname}:{port}/api/queues/{quote(vhost, safe='')}"
            "?columns=name,messages_ready,consumers")
     request = urllib.request.Request(api)
     user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")

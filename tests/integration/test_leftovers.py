@@ -32,7 +32,7 @@ def _flower_workers(site: object, port: int, user: str, password: str) -> dict[s
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")  # no refresh
     token = b64encode(f"{user}:{password}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as response:
         listed = json.loads(response.read())
     assert isinstance(listed, dict)
     return listed
