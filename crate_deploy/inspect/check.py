@@ -128,6 +128,7 @@ def task_findings(site: Site, tasks: list[dict[str, str]], locate: Any) -> Itera
                           "crate_deploy_producer into the application (docs/producers.md)")
         else:
             good += 1
+            yield Finding("ok", "task", f"{name} -> {own} (the application and the site agree)")
     if good:
         yield Finding("ok", "task", f"{good} task(s) go to queues a pool consumes")
 

@@ -11,7 +11,7 @@ of this site may consume. Wire it in once (docs/producers.md):
                                       from crate_deploy_producer import *
 - Django, no namespace (like CRATE):  the same line (names spelled old-uppercase)
 
-Names are spelled lowercase (the site's app_settings.style). The directory
+Names are spelled celery-namespace (the site's app_settings.style). The directory
 holding this file must be on the sending process's sys.path (PYTHONPATH). Secret
 references (${NAME}) are resolved from the process's environment when this module is
 imported: nothing here holds a secret, and the password goes into the broker password
@@ -47,57 +47,57 @@ def _lookup(name, in_url):
 
 
 __all__ = [
-    'broker_url',
-    'broker_password',
-    'broker_failover_strategy',
-    'broker_heartbeat',
-    'broker_connection_timeout',
-    'broker_transport_options',
-    'result_backend',
-    'result_expires',
-    'task_serializer',
-    'accept_content',
-    'result_serializer',
-    'result_accept_content',
-    'task_default_delivery_mode',
-    'task_queues',
-    'task_default_queue',
-    'task_default_exchange',
-    'task_default_routing_key',
-    'task_create_missing_queues',
-    'task_routes',
-    'task_send_sent_event',
+    'CELERY_BROKER_URL',
+    'CELERY_BROKER_PASSWORD',
+    'CELERY_BROKER_FAILOVER_STRATEGY',
+    'CELERY_BROKER_HEARTBEAT',
+    'CELERY_BROKER_CONNECTION_TIMEOUT',
+    'CELERY_BROKER_TRANSPORT_OPTIONS',
+    'CELERY_RESULT_BACKEND',
+    'CELERY_RESULT_EXPIRES',
+    'CELERY_TASK_SERIALIZER',
+    'CELERY_ACCEPT_CONTENT',
+    'CELERY_RESULT_SERIALIZER',
+    'CELERY_RESULT_ACCEPT_CONTENT',
+    'CELERY_TASK_DEFAULT_DELIVERY_MODE',
+    'CELERY_TASK_QUEUES',
+    'CELERY_TASK_DEFAULT_QUEUE',
+    'CELERY_TASK_DEFAULT_EXCHANGE',
+    'CELERY_TASK_DEFAULT_ROUTING_KEY',
+    'CELERY_TASK_CREATE_MISSING_QUEUES',
+    'CELERY_TASK_ROUTES',
+    'CELERY_TASK_SEND_SENT_EVENT',
 ]
 
-broker_url = 'amqp://guest@127.0.0.1:5672//'
+CELERY_BROKER_URL = 'amqp://guest@127.0.0.1:5672//'
 
-broker_password = _resolve('${BROKER_PASSWORD}', in_url=False)
+CELERY_BROKER_PASSWORD = _resolve('${BROKER_PASSWORD}', in_url=False)
 
-broker_failover_strategy = 'round-robin'
+CELERY_BROKER_FAILOVER_STRATEGY = 'round-robin'
 
-broker_heartbeat = 60
+CELERY_BROKER_HEARTBEAT = 60
 
-broker_connection_timeout = 10.0
+CELERY_BROKER_CONNECTION_TIMEOUT = 10.0
 
-broker_transport_options = {
+CELERY_BROKER_TRANSPORT_OPTIONS = {
     'confirm_publish': True,
 }
 
-result_backend = 'rpc://'
+CELERY_RESULT_BACKEND = 'rpc://'
 
-result_expires = 86400
+CELERY_RESULT_EXPIRES = 86400
 
-task_serializer = 'json'
+CELERY_TASK_SERIALIZER = 'json'
 
-accept_content = ['json']
+CELERY_ACCEPT_CONTENT = ['json']
 
-result_serializer = 'json'
+CELERY_RESULT_SERIALIZER = 'json'
 
-result_accept_content = ['json']
+CELERY_RESULT_ACCEPT_CONTENT = ['json']
 
-task_default_delivery_mode = 'persistent'
+CELERY_TASK_DEFAULT_DELIVERY_MODE = 'persistent'
 
-task_queues = {
+CELERY_TASK_QUEUES = {
     'demo-quick': {
         'exchange': 'demo-quick',
         'exchange_type': 'direct',
@@ -114,18 +114,18 @@ task_queues = {
     },
 }
 
-task_default_queue = 'demo-quick'
+CELERY_TASK_DEFAULT_QUEUE = 'demo-quick'
 
-task_default_exchange = 'demo-quick'
+CELERY_TASK_DEFAULT_EXCHANGE = 'demo-quick'
 
-task_default_routing_key = 'demo-quick'
+CELERY_TASK_DEFAULT_ROUTING_KEY = 'demo-quick'
 
-task_create_missing_queues = False
+CELERY_TASK_CREATE_MISSING_QUEUES = False
 
-task_routes = {
+CELERY_TASK_ROUTES = {
     'demoapp.slow': {
         'queue': 'demo-slow',
     },
 }
 
-task_send_sent_event = True
+CELERY_TASK_SEND_SENT_EVENT = True
