@@ -168,3 +168,21 @@ def test_the_apps_own_senders_reach_the_routed_pools(app: str, app_venv: Path,
             wait_for(lambda: run_crate_deploy("status", str(site.out)).returncode == 0, 60,
                      what="status to pass once the stranded task has run",
                      describe=lambda: run_crate_deploy("status", str(site.out)).stdout)
+
+
+def test_launch_runs_the_cheap_checks_first_and_starts_nothing_when_one_fails(
+        latest_venv: Path, tmp_path: Path) -> None:
+    """Flower's port held by another program: before, launch started the fleet and Flower
+    died binding it, again and again; now it refuses, naming the holder."""
+    import socket
+
+    with fresh_vhost() as vhost, socket.socket() as squatter:
+        site = make_demo_site(tmp_path, vhost, latest_venv)
+        squatter.bind(("127.0.0.1", site.flower_port))
+        squatter.listen(1)
+        result = run_crate_deploy("launch", str(site.out), "--timeout", "30", timeout=120)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "pre-flight check failed" in result.stderr
+        assert f"port: 127.0.0.1:{site.flower_port} (flower.port) is in use by pid " in (
+            result.stderr)
+        assert not site.state_file.exists(), "launch started something"
