@@ -13,6 +13,7 @@ import click
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
+from crate_deploy.inspect.check import app_queues
 from crate_deploy.inspect.stranded import stranded_queues
 from crate_deploy.secrets import Masker
 from crate_deploy.state.deployment import (
@@ -46,7 +47,7 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
             queues=probe.queue_depths(app, site, timeout),
             flower=probe.flower_health(site, flower_credentials(site, secrets))
             if site.flower.enabled else None)
-        stranded, looked = stranded_queues(app, site, urls)
+        stranded, looked = stranded_queues(app, site, urls, app_queues(deployment))
     except probe.broker_errors(app) as exc:  # lost the broker after check_broker
         error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
         report["broker"] = {"reachable": False, "error": error}

@@ -4,7 +4,8 @@ A task sent by a process that does not use the site's routing lands on that proc
 own default queue (`celery`), which no pool of the site may consume: it waits there
 forever while every pool is up. With the RabbitMQ management API reachable (port
 15672 on the broker's host, the broker's own credentials) every queue of the vhost is
-looked at; otherwise a passive declare asks about `celery` and the site's queues.
+looked at; otherwise a passive declare asks about `celery`, the site's queues and the
+queues the last `crate-deploy check` saw the application send to.
 
 Not work: Celery's own control and event queues (*.pidbox, celeryev.*), result queues of
 the rpc:// backend (named by a uuid), and the dead-letter queues (QUEUE.dead) where
@@ -42,15 +43,17 @@ def is_work_queue(name: str) -> bool:
                 or _UUID.match(name))
 
 
-def stranded_queues(app: Any, site: Site, urls: list[str],
+def stranded_queues(app: Any, site: Site, urls: list[str], app_queues: list[str],
                     timeout: float = 2.0) -> tuple[list[StrandedQueue], str]:
-    """Queues holding ready messages and no consumer, and how they were found."""
+    """Queues holding ready messages and no consumer, and how they were found.
+    app_queues: those the application was last seen sending to (by `check`)."""
     listed = management_queues(urls[0], timeout) if urls[0].startswith("amqp") else None
     if listed is not None:
         source = "the management API (every queue of the vhost)"
     else:
-        source = f"passive declares ({DEFAULT_QUEUE} and the site's queues)"
-        listed = _declared(app, [DEFAULT_QUEUE, *site.queue_names])
+        source = (f"passive declares ({DEFAULT_QUEUE}, the site's queues and those `check` "
+                  "saw the application send to)")
+        listed = _declared(app, [DEFAULT_QUEUE, *site.queue_names, *app_queues])
     return [StrandedQueue(name, ready) for name, ready, consumers in listed
             if ready and not consumers and is_work_queue(name)], source
 

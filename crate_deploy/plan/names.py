@@ -21,6 +21,8 @@ FLOWER_CONFIG = "flowerconfig.py"
 DEPLOYMENT_FILE = "deployment.json"
 MANIFEST_FILE = ".crate-deploy-manifest.json"
 LAUNCH_STATE_FILE = ".crate-deploy-launch.json"
+# The queues `check` found the application itself sending to, for status to look at.
+APP_QUEUES_FILE = ".crate-deploy-app-queues.json"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 FLOWER_DB_FILE = "flower.db"
 

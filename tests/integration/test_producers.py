@@ -186,3 +186,25 @@ def test_launch_runs_the_cheap_checks_first_and_starts_nothing_when_one_fails(
         assert f"port: 127.0.0.1:{site.flower_port} (flower.port) is in use by pid " in (
             result.stderr)
         assert not site.state_file.exists(), "launch started something"
+
+
+def test_status_finds_work_stranded_on_the_apps_own_queue_once_check_has_seen_it(
+        latest_venv: Path, tmp_path: Path) -> None:
+    """Without the management API a passive declare needs the queue's name: demoapp sends
+    to its own `not-the-rendered-queue`, which status learns from the last check."""
+    with fresh_vhost() as vhost:
+        site = make_demo_site(tmp_path, vhost, latest_venv)
+        with Launch(site):
+            sent = subprocess.run(
+                [str(latest_venv / "bin" / "python"), "-c",
+                 "import demoapp; demoapp.quick.delay(); print('sent')"],
+                cwd=site.site_dir, env={**os.environ, "CELERY_BROKER_URL": site.broker_url},
+                capture_output=True, text=True, timeout=120, check=False)
+            assert sent.returncode == 0, sent.stderr
+            before = run_crate_deploy("status", str(site.out))
+            assert "STRANDED" not in before.stdout  # it cannot know that name yet
+            checked = run_crate_deploy("check", "--foreground", str(site.out), timeout=180)
+            assert "demoapp.quick goes to queue 'not-the-rendered-queue'" in checked.stdout
+            after = run_crate_deploy("status", str(site.out))
+            assert after.returncode == 1
+            assert "STRANDED not-the-rendered-queue: 1 message(s)" in after.stdout
