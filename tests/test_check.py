@@ -209,3 +209,15 @@ def test_a_port_held_by_someone_else_and_by_our_own_fleet(
     [finding] = port_findings(deployment)
     assert finding.severity == "ok" and "held by this site's own running Flower" in (
         finding.message)
+
+
+def test_the_apps_modules_are_not_shadowed_by_crate_deploys_own(
+        shop: Callable[..., Path], run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    """crate_deploy/inspect/ holds probe.py, status.py...: an app module of that name wins."""
+    lib = tmp_path / "lib"  # on the site's PYTHONPATH, like an installed package
+    lib.mkdir()
+    (lib / "probe.py").write_text("MINE = 1\n")
+    out = shop(app=APP + "import probe\nassert probe.MINE == 1\n",
+               extra=f"environment: {{PYTHONPATH: {lib}}}\n")
+    result = check(run_cli, out)
+    assert result.code == 0, result.out

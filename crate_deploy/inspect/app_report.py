@@ -1,7 +1,7 @@
 """Run *by the target venv's interpreter* (never imported by crate-deploy): load the
 application as its own processes do, and report its tasks and where each one goes.
 
-    VENV/bin/python app_report.py '{"app": ..., "site": {...}}'
+    VENV/bin/python -c "$(cat app_report.py)" '{"app": ..., "site": {...}}'
 
 Prints one JSON document on stdout: {"ok": true, "versions", "namespace", "tasks",
 "unmatched_routes"} or {"ok": false, "error": the traceback's last lines}. The app's own

@@ -98,7 +98,10 @@ def run_report(deployment: Deployment, python: Path, secrets: dict[str, str],
     cwd = site.working_directory if site.working_directory and Path(
         site.working_directory).is_dir() else str(deployment.directory)
     try:
-        result = subprocess.run([str(python), str(REPORT_SCRIPT), json.dumps(request)],
+        # -c, not the file's path: that would put crate-deploy's own inspect/ first on the
+        # app's sys.path, where its probe.py or status.py could shadow the app's modules.
+        result = subprocess.run([str(python), "-c", REPORT_SCRIPT.read_text("utf-8"),
+                                 json.dumps(request)],
                                 capture_output=True, text=True, timeout=timeout, check=False,
                                 cwd=cwd, env=service_environment(deployment, secrets))
     except subprocess.TimeoutExpired:
