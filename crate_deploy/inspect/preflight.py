@@ -15,8 +15,10 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import shutil
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,10 +191,21 @@ def _bindable(address: str, port: int) -> bool:
 
 
 def _own_pids(deployment: Deployment) -> set[int]:
-    """This site's running services (a foreground launch) and all their descendants."""
+    """This site's running services (a foreground launch's, or systemd's main pids: an
+    upgrade with launch --systemd runs while they hold their ports) and their descendants."""
     state = read_launch_state(deployment) or {}
-    roots = {pid for pid, alive in state.values() if alive}
+    roots = {pid for pid, alive in state.values() if alive} | _systemd_main_pids(deployment)
     return roots | {pid for root in roots for pid in _descendants(root)}
+
+
+def _systemd_main_pids(deployment: Deployment) -> set[int]:
+    if not Path("/run/systemd/system").is_dir() or not shutil.which("systemctl"):
+        return set()
+    scope = ["--user"] if deployment.site.systemd.scope == "user" else []
+    result = subprocess.run(["systemctl", *scope, "show", "--property=MainPID", "--value",
+                             *deployment.services], capture_output=True, text=True,
+                            timeout=30, check=False)
+    return {int(word) for word in result.stdout.split() if word.isdigit() and word != "0"}
 
 
 def _descendants(root: int) -> set[int]:
