@@ -37,13 +37,15 @@ queues:
   - name: main
   - name: mail
     dead_letter: true
-default_queue: main
+{quorum}default_queue: main
 routes:
   shop.tasks.email_*: mail
 workers:
   - name: all
-    queues: [main, mail]
+    queues: [main, mail{quorum_pool}]
 """
+# Celery 5.5+: a quorum queue with a delivery limit, whose arguments a producer must repeat.
+QUORUM = "  - name: bulk\n    type: quorum\n    delivery_limit: 5\n    dead_letter: true\n"
 
 # The application's own ways of configuring itself, one per style.
 APPS = {
@@ -132,8 +134,11 @@ def test_a_wired_app_declares_and_routes_like_the_workers(tmp_path: Path, key: s
     out = tmp_path / "out"
     for app, target in (("plainapp", "worker"), ("shopapp", "producer")):
         site = tmp_path / f"{target}.yaml"
+        quorum = key != "celery52"
         site.write_text(SITE.format(app=app, venv=venv, version=version, style=style,
-                                    secrets=tmp_path / "secrets.env"))
+                                    secrets=tmp_path / "secrets.env",
+                                    quorum=QUORUM if quorum else "",
+                                    quorum_pool=", bulk" if quorum else ""))
         with pytest.raises(SystemExit) as exit_info:
             main(["render", str(site), "-o", str(out / target)])
         assert exit_info.value.code == 0
@@ -151,6 +156,10 @@ def test_a_wired_app_declares_and_routes_like_the_workers(tmp_path: Path, key: s
     assert producer["queues"]["mail"][4] == {"x-dead-letter-exchange": "prod.dead-letter",
                                              "x-dead-letter-routing-key": "mail"}
     assert (producer["default"], producer["email"], producer["other"]) == ("main", "mail", "main")
+    if key != "celery52":
+        assert producer["queues"]["bulk"][4] == {
+            "x-queue-type": "quorum", "x-delivery-limit": 5,
+            "x-dead-letter-exchange": "prod.dead-letter", "x-dead-letter-routing-key": "bulk"}
     assert producer["confirm"] is True and producer["missing"] is False
     # (kombu's as_uri encodes the password once more: both sides hold the same password)
     assert producer["uri"] == worker["uri"] and "guest:s3cret%3A%2F%40pw@" in producer["uri"]
