@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from crate_deploy.inspect.stranded import is_work_queue, management_queues
+from tests.conftest import MINIMAL, Result
 
 
 def test_celerys_own_queues_and_parked_dead_letters_are_not_work() -> None:
@@ -66,3 +68,15 @@ def test_no_management_api_means_none(api: int) -> None:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
     assert management_queues("amqp://guest:guest@127.0.0.1//", 1.0, port=closed) is None
+
+
+def test_requeue_stranded_refuses_a_queue_a_pool_consumes_and_mixed_forms(
+        tmp_path: Path, run_cli: Callable[..., Result], write_site: Callable[..., Path]) -> None:
+    site = write_site(MINIMAL)
+    assert run_cli("render", site, "-o", tmp_path / "out").code == 0
+    consumed = run_cli("requeue", "--stranded", "celery", "-C", tmp_path / "out")
+    assert consumed.code == 2
+    assert "a pool of this site consumes 'celery': its tasks are not stranded" in consumed.err
+    mixed = run_cli("requeue", "celery", "--stranded", "other", "-C", tmp_path / "out")
+    assert mixed.code == 2
+    assert "--stranded takes no QUEUES or --to: the site's routes decide" in mixed.err

@@ -162,6 +162,11 @@ def test_the_apps_own_senders_reach_the_routed_pools(app: str, app_venv: Path,
             emailed = json.loads(_send(site, app, "email_receipt", wait=True))
             assert emailed == {"node": node("slow")}
 
+            listed = run_crate_deploy("requeue", "--stranded", "celery", "--dry-run", "-C",
+                                      str(site.out))
+            assert listed.returncode == 0, listed.stdout + listed.stderr
+            assert f"  {app}.tasks.add -> demo-quick" in listed.stdout
+            assert "would move 1 message(s) in all" in listed.stdout
             moved = run_crate_deploy("requeue", "--stranded", "celery", "-C", str(site.out))
             assert moved.returncode == 0, moved.stdout + moved.stderr
             assert "celery: moved 1 message(s) (1 -> demo-quick)" in moved.stdout
