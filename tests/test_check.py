@@ -91,13 +91,15 @@ def test_a_consistent_app_passes(shop: Callable[..., Path],
 
 
 def test_a_task_sent_to_a_queue_no_pool_consumes_is_an_error_with_its_fix(
-        shop: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
+        shop: Callable[..., Path], run_cli: Callable[..., Result], tmp_path: Path) -> None:
     result = check(run_cli, shop(own_queue="celery"))
     assert result.code == 1
     assert ("error: task: shop.add goes to queue 'celery' (the application's own configuration), "
             "which no pool consumes: the site sends it to 'main'; the application's task senders "
             "do not use the site's routing: wire crate_deploy_producer into them") in result.out
     assert "`crate-deploy requeue --stranded celery`" in result.out
+    assert (f"or consume 'celery' as it is: declare it under queues and add it to a pool's "
+            f"queues ({tmp_path}/site.yaml:") in result.out
     # the app's own route for shop.email_user agrees with the site's
     assert "ok: task: shop.email_user -> mail (the application and the site agree)" in (
         result.out)
@@ -220,4 +222,16 @@ def test_the_apps_modules_are_not_shadowed_by_crate_deploys_own(
     out = shop(app=APP + "import probe\nassert probe.MINE == 1\n",
                extra=f"environment: {{PYTHONPATH: {lib}}}\n")
     result = check(run_cli, out)
+    assert result.code == 0, result.out
+
+
+def test_an_app_with_a_namespace_and_a_style_without_one(
+        shop: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
+    namespaced = APP.replace('app.conf.task_default_queue = "{own_queue}"\n', "").replace(
+        'app = Celery("shop")', 'app = Celery("shop")\n'
+        'app.config_from_object({{"CELERY_TASK_DEFAULT_QUEUE": "{own_queue}"}}, '
+        'namespace="CELERY")')
+    result = check(run_cli, shop(app=namespaced))
+    assert ('warning: app: the app reads settings with namespace="CELERY", but '
+            "app_settings.style is lowercase: set it to celery-namespace") in result.out
     assert result.code == 0, result.out

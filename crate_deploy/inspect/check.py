@@ -158,13 +158,15 @@ def task_findings(site: Site, tasks: list[dict[str, str]], locate: Any) -> Itera
 
 def _fix(site: Site, name: str, own: str, wanted: str, consumed: dict[str, int],
          locate: Any) -> str:
+    pools = locate(("workers", 0, "queues"))
     if wanted in consumed and wanted != own:
         return (f"the site sends it to {wanted!r}; the application's task senders do not use the "
                 f"site's routing: wire crate_deploy_producer into them (docs/producers.md, "
                 f"app_settings.style: {site.app_settings.style}), then move what is stranded with "
-                f"`crate-deploy requeue --stranded {own}`")
+                f"`crate-deploy requeue --stranded {own}`; or consume {own!r} as it is: declare "
+                f"it under queues and add it to a pool's queues ({pools})")
     if own in site.queue_names:
-        return f"add {own!r} to a pool's queues ({locate(('workers', 0, 'queues'))})"
+        return f"add {own!r} to a pool's queues ({pools})"
     return (f"add `{name}: {site.main_queue}` under routes ({locate(('routes',))}), or declare "
             f"queue {own!r} and add it to a pool's queues")
 
