@@ -235,3 +235,21 @@ def test_an_app_with_a_namespace_and_a_style_without_one(
     assert ('warning: app: the app reads settings with namespace="CELERY", but '
             "app_settings.style is lowercase: set it to celery-namespace") in result.out
     assert result.code == 0, result.out
+
+
+def test_a_port_nobody_listens_on_but_a_connection_uses_is_only_a_warning(
+        shop: Callable[..., Path], listener: socket.socket) -> None:
+    """An ephemeral port may be the local end of someone's connection at the moment of the
+    check (the test suite's free_port() hands out such ports): not a listener to stop, and
+    gone a moment later, so it must not stop a launch."""
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    port = client.getsockname()[1]
+    try:
+        out = shop(extra=f"flower: {{enabled: true, address: 127.0.0.1, port: {port}}}\n")
+        [finding] = port_findings(load_deployment(out))
+        assert finding.severity == "warning", finding.message
+        assert "is the local end of a connection right now" in finding.message
+    finally:
+        client.close()
+        server.close()

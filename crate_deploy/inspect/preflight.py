@@ -130,22 +130,28 @@ def port_findings(deployment: Deployment) -> Iterator[Finding]:
     if not flower.enabled:
         return
     address = flower.address or "0.0.0.0"  # noqa: S104 - Flower's own default
-    holders = listening_pids(flower.port)
-    if not holders and _bindable(address, flower.port):
-        yield Finding("ok", "port", f"{address}:{flower.port} (Flower) is free")
-        return
-    ours = _own_pids(deployment)
-    if holders and holders <= ours:
-        yield Finding("ok", "port", f"{address}:{flower.port} is held by this site's own "
-                      "running Flower")
-        return
-    who = ", ".join(f"pid {pid}" for pid in sorted(holders)) or "another process"
-    yield Finding("error", "port", f"{address}:{flower.port} (flower.port) is in use by {who}: "
-                  "stop it, or choose another flower.port")
+    listening, holders = listeners(flower.port)
+    where = f"{address}:{flower.port}"
+    if listening:
+        if holders and holders <= _own_pids(deployment):
+            yield Finding("ok", "port", f"{where} is held by this site's own running Flower")
+            return
+        who = ", ".join(f"pid {pid}" for pid in sorted(holders)) or "another process"
+        yield Finding("error", "port", f"{where} (flower.port) is in use by {who}: stop it, or "
+                      "choose another flower.port")
+    elif not _bindable(address, flower.port):
+        # Nobody listens, but a connection uses it as its local end right now: an ephemeral
+        # port, which any outgoing connection may take again when Flower starts.
+        yield Finding("warning", "port", f"{where} (flower.port) is the local end of a "
+                      "connection right now, so Flower could fail to bind it: choose a port "
+                      "outside the ephemeral range (/proc/sys/net/ipv4/ip_local_port_range)")
+    else:
+        yield Finding("ok", "port", f"{where} (Flower) is free")
 
 
-def listening_pids(port: int) -> set[int]:
-    """Pids with a socket listening on TCP `port` (any address), from /proc."""
+def listeners(port: int) -> tuple[bool, set[int]]:
+    """Whether a socket listens on TCP `port` (any address), and the pids we can see
+    holding it, from /proc."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -157,12 +163,12 @@ def listening_pids(port: int) -> set[int]:
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(fields[9])
     if not inodes:
-        return set()
+        return False, set()
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and _holds_socket(entry, inodes):
             pids.add(int(entry.name))
-    return pids
+    return True, pids
 
 
 def _holds_socket(proc: Path, inodes: set[str]) -> bool:
@@ -181,8 +187,10 @@ def _holds_socket(proc: Path, inodes: set[str]) -> bool:
 
 
 def _bindable(address: str, port: int) -> bool:
+    """Could a server bind it now? With SO_REUSEADDR, as Flower (tornado) binds."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError as exc:
