@@ -253,3 +253,24 @@ def test_a_port_nobody_listens_on_but_a_connection_uses_is_only_a_warning(
     finally:
         client.close()
         server.close()
+
+
+def test_a_port_held_by_the_sites_systemd_service_is_ours(
+        tmp_path: Path, shop: Callable[..., Path], listener: socket.socket,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch --systemd on an upgrade: Flower runs under systemd and holds its port. A
+    stand-in systemctl answers `show --property=MainPID --value UNITS` with this process's
+    pid (no systemd is PID 1 here)."""
+    from crate_deploy.inspect import preflight
+
+    port = listener.getsockname()[1]
+    out = shop(extra=f"flower: {{enabled: true, address: 127.0.0.1, port: {port}}}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho 0\necho {os.getpid()}\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(preflight, "SYSTEMD_RUNNING", tmp_path)
+    [finding] = port_findings(load_deployment(out))
+    assert finding.severity == "ok", finding.message
+    assert "held by this site's own running Flower" in finding.message

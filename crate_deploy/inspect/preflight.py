@@ -28,6 +28,7 @@ from crate_deploy.state.deployment import Deployment, _referenced_names
 from crate_deploy.state.launch import read_launch_state
 from crate_deploy.systemd.units import UnitError, parse_environment_file
 
+SYSTEMD_RUNNING = Path("/run/systemd/system")  # exists only while systemd is PID 1
 HIDDEN_BY = {
     "ProtectHome=yes": ("/home", "/root", "/run/user"),
     "PrivateTmp=yes": ("/tmp", "/var/tmp"),  # noqa: S108 - the paths PrivateTmp= replaces
@@ -207,7 +208,7 @@ def _own_pids(deployment: Deployment) -> set[int]:
 
 
 def _systemd_main_pids(deployment: Deployment) -> set[int]:
-    if not Path("/run/systemd/system").is_dir() or not shutil.which("systemctl"):
+    if not SYSTEMD_RUNNING.is_dir() or not shutil.which("systemctl"):
         return set()
     scope = ["--user"] if deployment.site.systemd.scope == "user" else []
     result = subprocess.run(["systemctl", *scope, "show", "--property=MainPID", "--value",
