@@ -233,14 +233,30 @@ def drift(directory: Path, site_path: Path | None, root: Path | None, as_json: b
 
 
 @cli.command()
+@OUTPUT_DIR
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to let the application import.")
+@click.option("--foreground", is_flag=True,
+              help="For a foreground launch: skip the systemd sandbox checks.")
+def check(directory: Path, timeout: float, foreground: bool) -> int:
+    """Pre-flight against the real application; exit 1 if work could not flow."""
+    from crate_deploy.inspect.check import check_command
+
+    return check_command(directory, timeout=timeout, foreground=foreground)
+
+
+@cli.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.argument("queues", nargs=-1)
 @click.option("-C", "--directory", "old_directory", hidden=True,
               type=click.Path(path_type=Path, file_okay=False))
 @click.option("--to", help="Move to this queue instead of the one each task came from.")
 @click.option("--dry-run", is_flag=True, help="List what is parked; move nothing.")
+@click.option("--stranded", multiple=True, metavar="QUEUE",
+              help="Move the tasks on QUEUE, which no pool consumes, to where the site routes "
+              "each one now (repeatable).")
 def requeue(directory: Path | None, queues: tuple[str, ...], old_directory: Path | None,
-            to: str | None, dry_run: bool) -> int:
+            to: str | None, dry_run: bool, stranded: tuple[str, ...]) -> int:
     """Move dead-lettered tasks (QUEUE.dead) back to their queue, counting them.
 
     DIRECTORY is the render directory, as for every command (default crate-deploy-out);
@@ -256,6 +272,12 @@ def requeue(directory: Path | None, queues: tuple[str, ...], old_directory: Path
         raise UsageError(f"{directory} is not a directory: requeue takes the render directory "
                          "first, as every command does (crate-deploy requeue DIRECTORY "
                          "[QUEUE]...)")
+    if stranded:
+        if queues or to:
+            raise UsageError("--stranded takes no QUEUES or --to: the site's routes decide")
+        from crate_deploy.inspect.reroute import reroute_command
+
+        return reroute_command(directory or DEFAULT_OUTPUT_DIR, stranded, dry_run=dry_run)
     return requeue_command(directory or DEFAULT_OUTPUT_DIR, queues, to=to, dry_run=dry_run)
 
 

@@ -75,6 +75,25 @@ def test_probed_versions_are_cached_in_the_output(tmp_path: Path) -> None:
     assert _cached(tmp_path, "other") is None
 
 
+def test_installing_flower_in_the_venv_invalidates_the_cached_probe(tmp_path: Path) -> None:
+    """`pip install flower` adds site-packages entries but changes nothing in bin/."""
+    from crate_deploy.target.probe import _stamp
+
+    celery = tmp_path / "venv/bin/celery"
+    packages = tmp_path / "venv/lib/python3.11/site-packages"
+    packages.mkdir(parents=True)
+    celery.parent.mkdir(parents=True)
+    celery.write_text("#!/usr/bin/python3\n")
+    (packages / "celery-5.2.7.dist-info").mkdir()
+    before = _stamp(celery)
+    assert _stamp(celery) == before
+    bin_mtime = celery.parent.stat().st_mtime_ns
+    (packages / "flower").mkdir()
+    (packages / "flower-2.0.1.dist-info").mkdir()
+    assert celery.parent.stat().st_mtime_ns == bin_mtime
+    assert _stamp(celery) != before
+
+
 def test_unknown_flower_version_asks_for_it(run_cli: Callable[..., Result],
                                             write_site: Callable[..., Path],
                                             tmp_path: Path) -> None:

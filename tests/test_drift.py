@@ -99,8 +99,11 @@ def test_a_render_not_launched_is_reported_with_what_launch_would_restart(
     assert run_cli("render", site, "-o", out).code == 0
     result = drift(run_cli, out, root)
     assert result.code == 1
-    assert result.out.splitlines()[:2] == [
+    # The result settings are in the producers' module too (the app's senders read them).
+    assert result.out.splitlines()[:3] == [
         f"drift: {root / CONFIG / 'crate_deploy_celeryconfig.py'}: differs from the render; "
+        "`launch --systemd` installs the render",
+        f"drift: {root / CONFIG / 'crate_deploy_producer.py'}: differs from the render; "
         "`launch --systemd` installs the render",
         f"drift: {root / CONFIG / 'deployment.json'}: differs from the render; `launch "
         "--systemd` installs the render"]
@@ -164,11 +167,13 @@ def test_config_rendered_in_place_but_not_restarted(
     assert result.out.splitlines() == [
         f"drift: {out}/crate_deploy_celeryconfig.py: rendered since the services were "
         "started; `launch --systemd` restarts them",
+        f"drift: {out}/crate_deploy_producer.py: rendered since the services were "
+        "started; `launch --systemd` restarts them",
         f"`crate-deploy launch --systemd` from {out} would:",
         "  would restart: demo-worker-quick.service demo-worker-slow.service "
         "demo-beat.service demo-flower.service",
         "  left running: (nothing)",
-        "1 file(s) drifted"]
+        "2 file(s) drifted"]
 
 
 def test_a_drop_in_is_reported(run_cli: Callable[..., Result],

@@ -93,8 +93,8 @@ def test_crate_example_is_installed_enabled_and_verified(
     code, output = launch(out, root, capsys)
     assert code == 0
     units = ["crate.target", *CRATE_SERVICES]
-    config = ["crate_deploy_app.py", "crate_deploy_celeryconfig.py", "flowerconfig.py",
-              "crate.env", "deployment.json"]
+    config = ["crate_deploy_app.py", "crate_deploy_celeryconfig.py", "crate_deploy_producer.py",
+              "flowerconfig.py", "crate.env", "deployment.json"]
     assert statuses(output) == dict.fromkeys(units + config, "created")
     for unit in units:
         assert (root / UNITS / unit).read_bytes() == (out / "systemd" / unit).read_bytes()
@@ -107,7 +107,7 @@ def test_crate_example_is_installed_enabled_and_verified(
     enabled = sorted(p.name for p in (root / UNITS / "crate.target.wants").iterdir())
     assert enabled == sorted(CRATE_SERVICES)
     assert "would restart: (nothing)" in output
-    assert output.splitlines()[-1].startswith("10 file(s) changed, 0 unchanged; 5 unit(s) "
+    assert output.splitlines()[-1].startswith("11 file(s) changed, 0 unchanged; 5 unit(s) "
                                               f"enabled in {root / UNITS}")
     assert verify(out / "systemd", root) == ""
 
@@ -135,7 +135,7 @@ def test_second_launch_changes_nothing(
     code, output = launch(out, root, capsys)
     assert code == 0
     assert set(statuses(output).values()) == {"unchanged"}
-    assert len(statuses(output)) == 10
+    assert len(statuses(output)) == 11
     assert "would restart: (nothing)" in output
     assert snapshot(root) == before  # same bytes and mtimes, manifest included
 

@@ -36,7 +36,8 @@ def assert_plain_literals(source: str) -> dict[str, object]:
 def test_site_example_renders_every_file() -> None:
     files = render(EXAMPLES / "site.yaml")
     assert sorted(files) == [
-        "crate.env", "crate_deploy_app.py", "crate_deploy_celeryconfig.py", "deployment.json",
+        "crate.env", "crate_deploy_app.py", "crate_deploy_celeryconfig.py",
+        "crate_deploy_producer.py", "deployment.json",
         "flowerconfig.py", "systemd/crate-beat.service", "systemd/crate-flower.service",
         "systemd/crate-worker-consent.service", "systemd/crate-worker-maintenance.service",
         "systemd/crate.target"]

@@ -126,6 +126,6 @@ def test_json_without_check_renders_then_reports(
     result = run_cli("render", site, "-o", out, "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
-    assert report["written"] is True and report["changed"] == 10
+    assert report["written"] is True and report["changed"] == 11  # every file, created
     assert report["services"]["start"] == SERVICES  # a first render: nothing runs yet
     assert (out / "systemd/crate-worker-consent.service").is_file()

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import click
 
-from crate_deploy.commands.provenance import recorded_site_path
 from crate_deploy.commands.render import render_in_memory
 from crate_deploy.commands.review import service_lines
 from crate_deploy.errors import UsageError
@@ -34,7 +33,7 @@ from crate_deploy.run.install import (
     services_to_restart,
     unit_dir,
 )
-from crate_deploy.state.deployment import Deployment, load_deployment
+from crate_deploy.state.deployment import Deployment, load_deployment, recorded_site_path
 from crate_deploy.write import (
     FileChange,
     InstallRecord,

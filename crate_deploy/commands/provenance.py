@@ -17,6 +17,7 @@ from pathlib import Path
 
 from crate_deploy.errors import RenderError
 from crate_deploy.plan.names import DEPLOYMENT_FILE, SITE_PATH_FILE
+from crate_deploy.state.deployment import recorded_site_path
 from crate_deploy.write import write_file_atomically
 
 
@@ -46,15 +47,3 @@ def record_site_path(output_dir: Path, site_path: Path) -> None:
     only when it moved: an unchanged render touches nothing)."""
     if recorded_site_path(output_dir) != site_path.resolve():
         write_file_atomically(output_dir / SITE_PATH_FILE, f"{site_path.resolve()}\n")
-
-
-def recorded_site_path(output_dir: Path) -> Path | None:
-    """The site file the last render read, if it noted one (and it is a plain file)."""
-    path = output_dir / SITE_PATH_FILE
-    if path.is_symlink():
-        return None
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return Path(text) if text.startswith("/") and "\n" not in text else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import secrets
 import socket
 import urllib.error
@@ -158,9 +159,7 @@ def queue_depths(app: Any, site: Site, timeout: float = 1.0,
 def flower_health(site: Site, credentials: tuple[str, str] | None,
                   timeout: float = 2.0) -> FlowerHealth:
     """Flower answers its health check, and refuses the UI without credentials."""
-    flower = site.flower
-    host = "127.0.0.1" if flower.address in ("0.0.0.0", "", "::") else flower.address  # noqa: S104
-    base = f"http://{host}:{flower.port}/" + (f"{flower.url_prefix}/" if flower.url_prefix else "")
+    base = _flower_base(site)
     status = http_status(base + "healthcheck", None, timeout)
     if status != 200:
         return FlowerHealth(base, False, f"health check answered {status or 'nothing'}")
@@ -179,6 +178,31 @@ def flower_health(site: Site, credentials: tuple[str, str] | None,
     if with_auth != 200:
         return FlowerHealth(base, False, f"refuses the site's own credentials ({with_auth})")
     return FlowerHealth(base, True, f"up, auth enforced (user {credentials[0]})")
+
+
+def flower_lists_workers(site: Site, credentials: tuple[str, str] | None, nodes: list[str],
+                         timeout: float = 5.0) -> bool:
+    """Ask Flower to refresh its worker list (/api/workers?refresh=1) and say whether every
+    node is in it. Flower started before the workers answers {} until something asks it to
+    refresh; asked once here, it lists them from then on. Without auth Flower's API is shut
+    (401), so there is nothing to ask: True."""
+    if credentials is None:
+        return True
+    request = urllib.request.Request(_flower_base(site) + "api/workers?refresh=1")  # noqa: S310
+    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            listed = json.loads(response.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(listed, dict) and all(node in listed for node in nodes)
+
+
+def _flower_base(site: Site) -> str:
+    flower = site.flower
+    host = "127.0.0.1" if flower.address in ("0.0.0.0", "", "::") else flower.address  # noqa: S104
+    return f"http://{host}:{flower.port}/" + (f"{flower.url_prefix}/" if flower.url_prefix else "")
 
 
 def hostname() -> str:

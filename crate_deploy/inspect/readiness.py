@@ -46,6 +46,9 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
                 if runs_flower(site, share):
                     health.flower = probe.flower_health(site, credentials)
                 missing = health.missing()
+                if not missing and site.flower.enabled and not probe.flower_lists_workers(
+                        site, credentials, [pool.node for pool in health.pools]):
+                    missing = ["Flower's worker list (/api/workers)"]
             elapsed = time.monotonic() - started
             if not missing:
                 say(f"ready in {elapsed:.1f}s: {summary(site, health, share)}")

@@ -96,8 +96,6 @@ def _list(channel: Any, move: Move) -> int:
 
 
 def _move(channel: Any, move: Move) -> int:
-    import amqp
-
     depth = _depth(channel, move.source)
     if depth and _depth(channel, move.target) is None:
         # Published to a queue that does not exist, a message would be dropped unroutable.
@@ -106,33 +104,50 @@ def _move(channel: Any, move: Move) -> int:
     moved = 0
     # mandatory: a message the broker cannot route (the queue was deleted meanwhile) is
     # returned to us before its confirm, instead of being dropped in silence.
-    returned: list[Exception] = []
-    channel.events["basic_return"].add(lambda exc, *_: returned.append(exc))
+    returned = watch_returns(channel)
     # Only what was there when we started: a task that dies again is parked again,
     # not moved in a loop.
     for _ in range(depth or 0):
         message = channel.basic_get(queue=move.source, no_ack=False)
         if message is None:
             break
-        properties = dict(message.properties)
-        headers = {key: value for key, value in (properties.pop("application_headers", None)
-                                                 or {}).items() if key not in _DEATH_HEADERS}
-        copy = amqp.Message(message.body, application_headers=headers, **properties)
-        try:
-            channel.basic_publish_confirm(copy, exchange="", routing_key=move.target,
-                                          mandatory=True)
-        except Exception as exc:
-            returned.append(exc)
-        if returned:  # not acknowledged, not counted: it stays parked
-            channel.basic_reject(message.delivery_tag, requeue=True)
-            raise LaunchError(f"{move.source} -> {move.target}: publishing failed "
-                              f"({returned[0] or type(returned[0]).__name__}; was "
-                              f"{move.target} deleted?): moved {moved} message(s); the rest "
-                              f"stay in {move.source}")
-        channel.basic_ack(message.delivery_tag)
+        publish_then_ack(channel, message, move, moved, returned)
         moved += 1
     click.echo(f"{move.source} -> {move.target}: moved {moved} message(s)")
     return moved
+
+
+def watch_returns(channel: Any) -> list[Exception]:
+    """What the broker returns (publishes are mandatory): a message it cannot route, the
+    queue deleted meanwhile, comes back before its confirm instead of being dropped."""
+    returned: list[Exception] = []
+    channel.events["basic_return"].add(lambda exc, *_: returned.append(exc))
+    return returned
+
+
+def publish_then_ack(channel: Any, message: Any, move: Move, moved: int,
+                     returned: list[Exception]) -> None:
+    """Publish a copy to move.target (mandatory, with a publisher confirm), and only then
+    ack the original; a failed or returned publish puts the original back and stops the
+    move (`returned` is watch_returns' list for this channel)."""
+    import amqp
+
+    properties = dict(message.properties)
+    headers = {key: value for key, value in (properties.pop("application_headers", None)
+                                             or {}).items() if key not in _DEATH_HEADERS}
+    copy = amqp.Message(message.body, application_headers=headers, **properties)
+    try:
+        channel.basic_publish_confirm(copy, exchange="", routing_key=move.target,
+                                      mandatory=True)
+    except Exception as exc:
+        returned.append(exc)
+    if returned:  # not acknowledged, not counted: it stays where it was
+        channel.basic_reject(message.delivery_tag, requeue=True)
+        raise LaunchError(f"{move.source} -> {move.target}: publishing failed "
+                          f"({returned[0] or type(returned[0]).__name__}; was "
+                          f"{move.target} deleted?): moved {moved} message(s); the rest "
+                          f"stay in {move.source}")
+    channel.basic_ack(message.delivery_tag)
 
 
 def _describe(message: Any) -> str:

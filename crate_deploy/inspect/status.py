@@ -15,7 +15,9 @@ import click
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import cluster, probe
+from crate_deploy.inspect.check import app_queues
 from crate_deploy.inspect.hosts import flower_status, host_lines, host_summary
+from crate_deploy.inspect.stranded import stranded_queues
 from crate_deploy.plan.names import beat_unit
 from crate_deploy.plan.placement import runs_beat
 from crate_deploy.secrets import Masker
@@ -54,6 +56,7 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
             flower=flower_status(site, deployment.host, flower_credentials(site, secrets)))
         brokers = cluster.worker_brokers(
             app, [pool.node for pool in health.pools if pool.answering], timeout)
+        stranded, looked = stranded_queues(app, site, urls, app_queues(deployment))
     except probe.broker_errors(app) as exc:  # lost the broker after check_broker
         error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
         report["broker"] = {"reachable": False, "error": error}
@@ -66,11 +69,12 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
                   flower=asdict(health.flower) if health.flower else None)
     processes = _processes(deployment)
     report["processes"] = processes
+    report["stranded"] = {"queues": [asdict(queue) for queue in stranded], "found_by": looked}
     beat_up = _beat_up(deployment, processes)
     beat_here = runs_beat(site, deployment.host)  # beat answers no ping: seen on its host only
     if beat_here:
         report["beat"] = {"up": beat_up}
-    up = not health.missing() and (beat_up or not beat_here) and not nodes_fail
+    up = not health.missing() and (beat_up or not beat_here) and not nodes_fail and not stranded
     if site.hosts:
         report["hosts"] = host_summary(site, health.pools, deployment.host, health.flower,
                                        beat_up)
@@ -173,6 +177,7 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(f"{queue['name']:<{width}} {ready:>7} {queue['unacked']:>8} "
                      f"{consumers:>10}{note}")
     lines.extend(host_lines(report.get("hosts", [])))
+    lines.extend(_stranded_lines(report.get("stranded")))
     return "\n".join(lines)
 
 
@@ -180,3 +185,12 @@ def _columns(rows: list[tuple[str, str, str, str]]) -> list[str]:
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     return [f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {state:<{widths[2]}}  {detail}".rstrip()
             for kind, name, state, detail in rows]
+
+
+def _stranded_lines(stranded: dict[str, Any] | None) -> list[str]:
+    if not stranded:
+        return []
+    return [f"STRANDED {queue['name']}: {queue['ready']} message(s) and no consumer: no pool "
+            f"of this site consumes it (`crate-deploy check` names the tasks sent there; "
+            f"`crate-deploy requeue --stranded {queue['name']}` moves them)"
+            for queue in stranded["queues"]]

@@ -15,12 +15,16 @@ DEFAULT_OUTPUT_DIR = Path("crate-deploy-out")
 UNIT_DIR = "systemd"
 APP_MODULE = "crate_deploy_app"
 CONFIG_MODULE = "crate_deploy_celeryconfig"
+# The settings module for the application's own processes that send tasks.
+PRODUCER_MODULE = "crate_deploy_producer"
 FLOWER_CONFIG = "flowerconfig.py"
 DEPLOYMENT_FILE = "deployment.json"
 MANIFEST_FILE = ".crate-deploy-manifest.json"
 LAUNCH_STATE_FILE = ".crate-deploy-launch.json"
 SITE_PATH_FILE = ".crate-deploy-site"  # where the last render's site file is (for drift)
 LAUNCH_LOCK_FILE = ".crate-deploy-launch.lock"
+# The queues `check` found the application itself sending to, for status to look at.
+APP_QUEUES_FILE = ".crate-deploy-app-queues.json"
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 FLOWER_DB_FILE = "flower.db"
 

@@ -36,7 +36,10 @@ class ServiceChanges:
 
 def shared_config_files(site: Site) -> set[str]:
     """Config every service reads: a change to one restarts them all."""
-    return {f"{names.APP_MODULE}.py", f"{names.CONFIG_MODULE}.py", names.env_file_name(site)}
+    # The producer module too: an app that imports it in its own settings reads it in
+    # every service.
+    return {f"{names.APP_MODULE}.py", f"{names.CONFIG_MODULE}.py",
+            f"{names.PRODUCER_MODULE}.py", names.env_file_name(site)}
 
 
 def plan_restarts(site: Site, units: Mapping[str, str],

@@ -50,7 +50,12 @@ def celery_settings(site: Site) -> Settings:
         "task_send_sent_event": site.flower.enabled,
     })
     if site.beat.enabled:
-        settings["beat_schedule"] = {e.name: _schedule_entry(e) for e in site.beat.schedule}
+        # rpc:// results go back to the sender alone, and beat never reads them: sent
+        # without ignore_result, each beat run would declare a reply queue that keeps
+        # every result for results.expires after beat has gone.
+        unread = (site.results.backend or "").startswith("rpc")
+        settings["beat_schedule"] = {e.name: _schedule_entry(e, unread)
+                                     for e in site.beat.schedule}
     return settings
 
 
@@ -146,14 +151,17 @@ def _dead_letter_exchange(site: Site) -> str:
     return f"{site.project}.dead-letter"
 
 
-def _schedule_entry(entry: ScheduleEntry) -> Settings:
+def _schedule_entry(entry: ScheduleEntry, ignore_result: bool) -> Settings:
     schedule: Any = entry.every
     if entry.cron is not None:
         schedule = {"crontab": entry.cron.model_dump()}
     result: Settings = {"task": entry.task, "schedule": schedule,
                         "args": list(entry.args), "kwargs": dict(entry.kwargs)}
-    if entry.queue:
-        result["options"] = {"queue": entry.queue}
+    options: Settings = {"queue": entry.queue} if entry.queue else {}
+    if ignore_result:
+        options["ignore_result"] = True
+    if options:
+        result["options"] = options
     return result
 
 

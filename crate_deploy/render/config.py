@@ -1,5 +1,6 @@
 """The configuration every output format ships as is: the Celery entry module and config,
-Flower's config, the plain environment file, and deployment.json for launch and status.
+the producer settings for the application's own task senders, Flower's config, the plain
+environment file, and deployment.json for launch and status.
 
 The same bytes go into a systemd host's config directory and a Kubernetes ConfigMap.
 """
@@ -11,6 +12,7 @@ import json
 from crate_deploy import __version__
 from crate_deploy.plan import names
 from crate_deploy.plan.compat import drop_unknown
+from crate_deploy.plan.producer import producer_module
 from crate_deploy.plan.services import Plan
 from crate_deploy.plan.settings import (
     celery_settings,
@@ -42,6 +44,8 @@ class ConfigRenderer(Renderer):
             self.file(f"{names.CONFIG_MODULE}.py", "config/celeryconfig.py.j2",
                       settings=settings, pool_settings=pool_settings(site),
                       dead_letter_queues=dead_letter_queues(site)),
+            self.file(f"{names.PRODUCER_MODULE}.py", "config/producer.py.j2",
+                      producer=producer_module(site, settings)),
             self.file(names.env_file_name(site), "config/env.j2",
                       environment=plain_environment(site.environment, plan.config_dir)),
             RenderedFile(names.DEPLOYMENT_FILE, self._deployment(plan)),

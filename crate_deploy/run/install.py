@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 
 from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.inspect.preflight import refuse_unless_clear
 from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan import names
 from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
@@ -58,6 +59,8 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     # Asked before installing, so removed units are stopped as well as disabled.
     problem = None if root else manager_problem(user)
     live = root is None and problem is None
+    if live:  # the paths are this machine's: check them before anything changes
+        refuse_unless_clear(deployment, sandboxed=True)
     if live and start:  # before anything starts: an empty password lets anyone into Flower
         check_flower_passwords(deployment.site, read_secrets(deployment.site))
     prefix = root or Path("/")

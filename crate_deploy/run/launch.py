@@ -23,6 +23,7 @@ from typing import Any
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
+from crate_deploy.inspect.preflight import refuse_unless_clear
 from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.services import build_plan
@@ -125,6 +126,7 @@ def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
     sink = MaskingSink(sys.stdout, mask)
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
+    refuse_unless_clear(deployment, sandboxed=False)
     specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
     specs = [tagged(spec) for spec in specs]
     ensure_directory(Path(deployment.state_dir), mode=0o700, owner=_owner(specs))

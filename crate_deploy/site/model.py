@@ -370,6 +370,16 @@ class Host(Strict):
     """Run Flower here (exactly one host, when Flower is enabled)."""
 
 
+class AppSettings(Strict):
+    """How the application's own code names its Celery settings (for crate_deploy_producer)."""
+
+    style: Literal["lowercase", "celery-namespace", "old-uppercase"] = "lowercase"
+    """Names in the rendered producer module, crate_deploy_producer: lowercase (a plain app's
+    config_from_object), celery-namespace (Django with namespace="CELERY": CELERY_BROKER_URL),
+    or old-uppercase (Django with no namespace, like CRATE: BROKER_URL, CELERY_ROUTES).
+    """
+
+
 class Site(Strict):
     """A whole Celery deployment: everything one server runs for one application."""
 
@@ -401,6 +411,10 @@ class Site(Strict):
     """
     paths: Paths = Field(default_factory=Paths)
     """Where config and state live on the server."""
+    app_settings: AppSettings = Field(default_factory=AppSettings)
+    """How the application names its settings, so the processes that send tasks (web server,
+    management commands) can be given the site's routing: see docs/producers.md.
+    """
     broker: Broker
     """The message broker."""
     results: Results = Field(default_factory=Results)

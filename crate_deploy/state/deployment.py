@@ -22,6 +22,8 @@ from crate_deploy.plan.names import (
     DEPLOYMENT_FILE,
     FLOWER_CONFIG,
     LAUNCH_STATE_FILE,
+    PRODUCER_MODULE,
+    SITE_PATH_FILE,
     UNIT_DIR,
     env_file_name,
 )
@@ -55,8 +57,8 @@ class Deployment:
     @property
     def config_files(self) -> list[str]:
         """The files in config_dir, by name; all but deployment.json are read by services."""
-        names = [f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", env_file_name(self.site),
-                 DEPLOYMENT_FILE]
+        names = [f"{APP_MODULE}.py", f"{CONFIG_MODULE}.py", f"{PRODUCER_MODULE}.py",
+                 env_file_name(self.site), DEPLOYMENT_FILE]
         if runs_flower(self.site, self.host):
             names.append(FLOWER_CONFIG)
         return names
@@ -183,3 +185,15 @@ def _referenced_names(site: Site) -> set[str]:
     texts = [*site.broker.urls, site.results.backend or "",
              *(user.password for user in site.flower.auth)]
     return {name for text in texts for name in SECRET_REFERENCE.findall(text)}
+
+
+def recorded_site_path(directory: Path) -> Path | None:
+    """The site file the last render read, if it noted one (and it is a plain file)."""
+    path = directory / SITE_PATH_FILE
+    if path.is_symlink():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Path(text) if text.startswith("/") and "\n" not in text else None

@@ -2,11 +2,13 @@
 
 `render` must stay fast and never import Celery, so the probe asks the target's own
 interpreter once and the answer is kept in the output's deployment.json, reused
-while the target's celery program is unchanged.
+while the target's celery program and the distributions installed beside it are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -50,8 +52,18 @@ def version_stamp(site: Site) -> str | None:
 
 
 def _stamp(executable: Path) -> str:
-    stat = executable.resolve().parent.stat()
-    return f"{executable}:{stat.st_mtime_ns}"
+    """The celery program's directory, and what is installed beside it: the distributions
+    (name-version.dist-info) in its venv's site-packages. `pip install flower` adds a
+    distribution but changes nothing in bin/, so the directory alone would miss it."""
+    bin_dir = executable.resolve().parent
+    state = [f"{bin_dir}:{bin_dir.stat().st_mtime_ns}"]
+    for packages in sorted(bin_dir.parent.glob("lib/python3*/site-packages")):
+        with contextlib.suppress(OSError):
+            state.append(f"{packages}:{packages.stat().st_mtime_ns}")
+            state.extend(sorted(entry.name for entry in packages.iterdir()
+                                if entry.name.endswith((".dist-info", ".egg-info"))))
+    digest = hashlib.sha256("\n".join(state).encode()).hexdigest()[:16]
+    return f"{executable}:{digest}"
 
 
 def _cached(output_dir: Path, stamp: str) -> TargetVersions | None:

@@ -1,7 +1,11 @@
 """A small Celery application for trying crate-deploy: quick, slow and failing tasks.
 
-Like CRATE, it configures itself from its own settings object at import time, with
-values that crate-deploy's rendered settings must override (prefetch 8, early acks).
+Like CRATE, it configures itself at import time (CRATE from its Django settings, with no
+namespace; this one from a settings object, with namespace="CELERY"), with values that
+crate-deploy's rendered settings must override for the workers (prefetch 8, early acks,
+its own default queue). Its task senders are not wired to crate_deploy_producer, so
+`crate-deploy check` reports each task as stranded: send_tasks.py sends through
+crate_deploy_app instead (docs/producers.md).
 """
 
 import socket

@@ -48,10 +48,10 @@ def test_unchanged_files_are_one_summary_line_unless_verbose(
     assert run_cli("render", site, out).code == 0
     quiet = run_cli("render", site, out)
     assert quiet.out.splitlines() == [
-        f"0 file(s) changed, 6 unchanged in {out} (for Celery 5.7.0, assumed)"]
+        f"0 file(s) changed, 7 unchanged in {out} (for Celery 5.7.0, assumed)"]
     verbose = run_cli("render", site, out, "-v")
-    assert len(verbose.out.splitlines()) == 7
-    assert all(line.split()[0] == "unchanged" for line in verbose.out.splitlines()[:6])
+    assert len(verbose.out.splitlines()) == 8
+    assert all(line.split()[0] == "unchanged" for line in verbose.out.splitlines()[:7])
 
 
 def test_another_projects_render_directory_is_refused_unless_forced(

@@ -75,6 +75,9 @@ beat_schedule = {
         'schedule': 30.0,
         'args': [],
         'kwargs': {},
+        'options': {
+            'ignore_result': True,
+        },
     },
 }
 

@@ -68,6 +68,12 @@ task_routes = {
     'crate_anon.crateweb.consent.tasks.email_*': {
         'queue': 'email',
     },
+    'crate_anon.crateweb.consent.tasks.resend_email': {
+        'queue': 'email',
+    },
+    'crate_anon.crateweb.consent.tasks.test_email_rdbm_task': {
+        'queue': 'email',
+    },
     'crate_anon.crateweb.consent.tasks.refresh_all_consent_modes': {
         'queue': 'maintenance',
     },
@@ -93,6 +99,7 @@ beat_schedule = {
         'kwargs': {},
         'options': {
             'queue': 'maintenance',
+            'ignore_result': True,
         },
     },
 }

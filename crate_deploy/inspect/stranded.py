@@ -1,0 +1,95 @@
+"""Work that cannot flow: queues in the site's vhost that hold messages nobody consumes.
+
+A task sent by a process that does not use the site's routing lands on that process's
+own default queue (`celery`), which no pool of the site may consume: it waits there
+forever while every pool is up. With the RabbitMQ management API reachable (port
+15672 on the broker's host, the broker's own credentials) every queue of the vhost is
+looked at; otherwise a passive declare asks about `celery`, the site's queues and the
+queues the last `crate-deploy check` saw the application send to.
+
+Not work: Celery's own control and event queues (*.pidbox, celeryev.*), result queues of
+the rpc:// backend (named by a uuid), and the dead-letter queues (QUEUE.dead) where
+parked tasks wait for `requeue` by design.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from crate_deploy.site.model import Site
+
+DEFAULT_QUEUE = "celery"  # what an app sends to when nothing tells it otherwise
+MANAGEMENT_PORT = 15672
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class StrandedQueue:
+    name: str
+    ready: int
+
+
+def is_work_queue(name: str) -> bool:
+    """False for Celery's own bookkeeping queues and for parked dead letters."""
+    return not (name.endswith((".pidbox", ".dead")) or name.startswith(("celeryev.", "amq."))
+                or _UUID.match(name))
+
+
+def stranded_queues(app: Any, site: Site, urls: list[str], app_queues: list[str],
+                    timeout: float = 2.0) -> tuple[list[StrandedQueue], str]:
+    """Queues holding ready messages and no consumer, and how they were found.
+    app_queues: those the application was last seen sending to (by `check`)."""
+    listed = management_queues(urls[0], timeout) if urls[0].startswith("amqp") else None
+    if listed is not None:
+        source = "the management API (every queue of the vhost)"
+    else:
+        source = (f"passive declares ({DEFAULT_QUEUE}, the site's queues and those `check` "
+                  "saw the application send to)")
+        listed = _declared(app, [DEFAULT_QUEUE, *site.queue_names, *app_queues])
+    return [StrandedQueue(name, ready) for name, ready, consumers in listed
+            if ready and not consumers and is_work_queue(name)], source
+
+
+def management_queues(url: str, timeout: float,
+                      port: int = MANAGEMENT_PORT) -> list[tuple[str, int, int]] | None:
+    """(name, ready, consumers) of every queue in url's vhost, or None if the API is not
+    reachable there (plugin off, another port, refused credentials)."""
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    api = (f"http://{parts.hostname}:{port}/api/queues/{quote(vhost, safe='')}"
+           "?columns=name,messages_ready,consumers")
+    request = urllib.request.Request(api)
+    user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            rows = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.HTTPError):
+        return None
+    return [(str(row["name"]), int(row.get("messages_ready") or 0), int(row.get("consumers") or 0))
+            for row in rows if isinstance(row, dict) and "name" in row]
+
+
+def _declared(app: Any, names: list[str]) -> list[tuple[str, int, int]]:
+    found = []
+    with app.connection_for_write() as connection:
+        for name in dict.fromkeys(names):
+            channel = connection.channel()
+            try:
+                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
+                found.append((name, int(ready), int(consumers)))
+            except Exception:  # noqa: S110 - absent: nothing stranded there (closes the channel)
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return found
