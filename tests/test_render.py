@@ -53,7 +53,7 @@ def test_worker_unit_stops_warmly_and_waits_for_the_hard_limit() -> None:
     assert "KillMode=mixed" in lines
     assert "KillSignal=SIGTERM" in lines
     assert "TimeoutStopSec=630s" in lines  # time_limit 600 + 30 s margin
-    assert "Restart=on-failure" in lines
+    assert "Restart=always" in lines  # the example follows its own 5.2.7 advice
     assert "EnvironmentFile=/etc/crate/celery-secrets.env" in lines
     exec_start = next(line for line in lines if line.startswith("ExecStart="))
     assert exec_start == (
