@@ -74,7 +74,8 @@ def test_logs_restart_and_follow_on_a_foreground_launch(tmp_path: Path, vhost: s
         assert "ready in" in restarted.stdout and f"{node('slow')} on demo-slow" in \
             restarted.stdout, restarted.stdout  # it waited until the pool answered
         assert node("quick") not in restarted.stdout
-        assert running.get(timeout=30) == {"value": 1, "node": node("slow")}
+        done = running.get(timeout=30)  # (it names the host too)
+        assert (done["value"], done["node"]) == (1, node("slow"))
         after = launch.pids()
         assert after["demo-worker-slow"] != pids["demo-worker-slow"]
         assert {k: v for k, v in after.items() if k != "demo-worker-slow"} == \
