@@ -126,8 +126,10 @@ def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
     sink = MaskingSink(sys.stdout, mask)
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    refuse_unless_clear(deployment, sandboxed=False)
+    # Each service's program, directory and port first (named by service), then what
+    # only the application can tell (check's cheap part: Flower installed, secrets ...).
     specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
+    refuse_unless_clear(deployment, sandboxed=False)
     specs = [tagged(spec) for spec in specs]
     ensure_directory(Path(deployment.state_dir), mode=0o700, owner=_owner(specs))
     save_launch_state(deployment, {})  # before any service starts: stop can find us
