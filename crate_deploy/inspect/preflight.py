@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError
+from crate_deploy.plan.placement import runs_flower
 from crate_deploy.state.deployment import Deployment, _referenced_names
 from crate_deploy.state.launch import read_launch_state
 from crate_deploy.systemd.units import UnitError, parse_environment_file
@@ -128,8 +129,8 @@ def path_findings(deployment: Deployment, *, sandboxed: bool = True) -> Iterator
 
 def port_findings(deployment: Deployment) -> Iterator[Finding]:
     flower = deployment.site.flower
-    if not flower.enabled:
-        return
+    if not runs_flower(deployment.site, deployment.host):
+        return  # no Flower here (disabled, or another host's share runs it)
     address = flower.address or "0.0.0.0"  # noqa: S104 - Flower's own default
     listening, holders = listeners(flower.port)
     where = f"{address}:{flower.port}"
