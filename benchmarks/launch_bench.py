@@ -160,12 +160,17 @@ def hand_worker(site: DemoSite, app: Any) -> Iterator[None]:
         wait_for_ping(app, [f"celery@{socket.gethostname()}"])
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_worker(proc)
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (SIGTERM), then its whole session killed if it takes over a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def wait_for_ping(app: Any, nodes: list[str], timeout: float = 120.0) -> None:

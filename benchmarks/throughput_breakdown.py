@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,7 +44,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.launch_bench import DEFAULT_VENV, LaunchedFleet, wait_for_ping  # noqa: E402
+from benchmarks.launch_bench import (  # noqa: E402
+    DEFAULT_VENV,
+    LaunchedFleet,
+    stop_worker,
+    wait_for_ping,
+)
 from tests.integration.conftest import fresh_vhost, make_demo_site  # noqa: E402
 
 STEPS = ("late-acks", "confirms", "events", "results")
@@ -97,12 +101,7 @@ def bench_worker(venv: Path, scratch: Path, broker_url: str, steps: list[str]) -
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_worker(proc)
 
 
 def client(broker_url: str, confirms: bool, results: bool) -> Any:
