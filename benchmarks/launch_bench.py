@@ -260,8 +260,8 @@ def main() -> int:
         "venv": str(args.venv), "celery": versions[0], "kombu": versions[1],
         "flower": versions[2], "cpus": os.cpu_count(), "python": platform.python_version(),
         "load_average": os.getloadavg(), "tasks": args.tasks,
-        "startup_seconds": {case: summary(v) for case, v in startup.items()},
-        "tasks_per_second": {case: summary(v) for case, v in rate.items()},
+        "startup_seconds": {case: summary(v) for case, v in startup.items() if v},
+        "tasks_per_second": {case: summary(v) for case, v in rate.items() if v},
     }
     print(table(results))
     if args.json:
@@ -276,12 +276,16 @@ def table(results: dict[str, Any]) -> str:
         "launch": "`crate-deploy launch` → ready (2 pools + beat + Flower)",
         "multi": "`celery multi start` (same 2 nodes) → both answer ping",
     }.items():
+        if case not in start:  # --reps 0
+            continue
         s = start[case]
         rows.append((text, f"{s['median']:.2f} s", f"{s['min']:.2f} s", f"{s['max']:.2f} s",
                      len(s["runs"])))
     for case, text in {"launched": "launched quick pool (c=4, prefetch 4, late acks)",
                        "by hand": "hand-started worker (Celery defaults, demoapp config)",
                        }.items():
+        if case not in rate:  # --rounds 0
+            continue
         r = rate[case]
         rows.append((f"throughput: {text}", f"{r['median']:,.0f} tasks/s",
                      f"{r['max']:,.0f} tasks/s", f"{r['min']:,.0f} tasks/s", len(r["runs"])))
@@ -290,6 +294,9 @@ def table(results: dict[str, Any]) -> str:
              f"load {results['load_average'][0]:.1f}; {results['tasks']} tasks per round",
              "", "| case | median | best | worst | runs |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    if "launch" in start and "multi" in start:
+        ratio = start["launch"]["median"] / start["multi"]["median"]
+        lines += ["", f"launch / celery multi start (medians) = {ratio:.2f}x"]
     return "\n".join(lines)
 
 

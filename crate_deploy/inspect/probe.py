@@ -13,8 +13,10 @@ import json
 import secrets
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,18 +117,48 @@ def check_broker(urls: list[str], mask: Masker, timeout: float = 5.0) -> None:
 
 
 def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0,
-                share: str | None = None) -> list[PoolHealth]:
+                share: str | None = None, *, bound_only: bool = False) -> list[PoolHealth]:
     """Every expected node (see placement.fleet_nodes): answering, and on which queues.
     Each broadcast stops waiting as soon as every node asked has replied (`limit`), so a
-    healthy fleet answers at once and only a silent node costs the whole timeout."""
+    healthy fleet answers at once and only a silent node costs the whole timeout.
+
+    bound_only: ask only the nodes already consuming their control queue (the others are
+    reported not answering): a ping broadcast before a starting worker binds that queue
+    never reaches it, and would cost the whole timeout for nothing."""
     nodes = fleet_nodes(site, hostname, share)
-    replies = app.control.ping(destination=[node.name for node in nodes], timeout=timeout,
-                               limit=len(nodes)) or []
+    asked = [node.name for node in nodes]
+    if bound_only:
+        asked = [name for name in asked if listening_for_control(app, name) is not False]
+    replies = (app.control.ping(destination=asked, timeout=timeout, limit=len(asked))
+               if asked else None) or []
     answering = {node for reply in replies for node in reply}
     active = (_inspect(app, answering, timeout).active_queues() or {}) if answering else {}
     return [PoolHealth(node.pool, node.name, node.name in answering,
                        sorted(queue["name"] for queue in active.get(node.name, [])),
                        sorted(node.queues), node.host) for node in nodes]
+
+
+def listening_for_control(app: Any, node: str) -> bool | None:
+    """Whether node consumes its control queue (kombu's pidbox, NODE.celery.pidbox) yet,
+    by a passive declare; None where that cannot be told (not an AMQP broker: Redis
+    delivers control messages by pub/sub, with no queue to look at)."""
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "amqp":
+            return None
+        channel = connection.channel()
+        try:
+            _, _, consumers = channel.queue_declare(queue=f"{node}.celery.pidbox", passive=True)
+        except connection.channel_errors as exc:  # the broker closed the channel
+            return _CONTROL_QUEUE_BY_REPLY.get(getattr(exc, "reply_code", None))
+        finally:
+            _close_quietly(channel)
+    return bool(consumers)
+
+
+# What a refused passive declare of a control queue says: 404, not declared yet; 405,
+# declared exclusive by another connection (Celery 5.6 and later declare it exclusive,
+# and consume it on the connection that declared it).
+_CONTROL_QUEUE_BY_REPLY: dict[object, bool | None] = {404: False, 405: True}
 
 
 def _inspect(app: Any, nodes: set[str], timeout: float) -> Any:
@@ -182,21 +214,31 @@ def flower_health(site: Site, credentials: tuple[str, str] | None,
 
 def flower_lists_workers(site: Site, credentials: tuple[str, str] | None, nodes: list[str],
                          timeout: float = 5.0) -> bool:
-    """Ask Flower to refresh its worker list (/api/workers?refresh=1) and say whether every
-    node is in it. Flower started before the workers answers {} until something asks it to
-    refresh; asked once here, it lists them from then on. Without auth Flower's API is shut
-    (401), so there is nothing to ask: True."""
-    if credentials is None:
+    """Ask Flower to refresh each node (/api/workers?refresh=1&workername=NODE) and say
+    whether every one is listed. Flower started before the workers answers {} until
+    something asks it to refresh; asked once, it lists them from then on. One request per
+    node, all at once: Flower then inspects that node alone, and Celery stops waiting at
+    its reply, where a refresh of every worker waits Flower's whole inspect timeout (1 s).
+    Without auth Flower's API is shut (401), so there is nothing to ask: True."""
+    if credentials is None or not nodes:
         return True
-    request = urllib.request.Request(_flower_base(site) + "api/workers?refresh=1")  # noqa: S310
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        return all(pool.map(lambda node: _flower_lists(site, credentials, node, timeout),
+                            nodes))
+
+
+def _flower_lists(site: Site, credentials: tuple[str, str], node: str,
+                  timeout: float) -> bool:
+    query = urllib.parse.urlencode({"refresh": 1, "workername": node})
+    request = urllib.request.Request(f"{_flower_base(site)}api/workers?{query}")  # noqa: S310
     token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             listed = json.loads(response.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # 404: Flower does not know the node (yet)
         return False
-    return isinstance(listed, dict) and all(node in listed for node in nodes)
+    return isinstance(listed, dict) and node in listed
 
 
 def _flower_base(site: Site) -> str:

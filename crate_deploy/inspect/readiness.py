@@ -16,10 +16,11 @@ from crate_deploy.secrets import Masker
 from crate_deploy.site.model import Site
 from crate_deploy.state.deployment import flower_credentials
 
-# A poll answers as soon as every pool has replied; a pool still starting costs the
-# timeout, so it is short: the next poll follows at once.
-POLL_TIMEOUT = 0.5
-POLL_INTERVAL = 0.2
+# A pool is pinged once it consumes its control queue (see probe.pool_health), so the
+# ping reaches it and the poll ends at its reply; the timeout only bounds a pool too
+# busy to answer, and can be generous.
+POLL_TIMEOUT = 1.0
+POLL_INTERVAL = 0.1
 
 
 def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask: Masker, *,
@@ -35,7 +36,8 @@ def wait_until_ready(site: Site, urls: list[str], secrets: dict[str, str], mask:
     try:
         while alive():
             try:
-                pools = probe.pool_health(app, site, probe.hostname(), POLL_TIMEOUT, share=share)
+                pools = probe.pool_health(app, site, probe.hostname(), POLL_TIMEOUT,
+                                          share=share, bound_only=True)
                 health = probe.FleetHealth(pools=pools)
             except broker_errors as exc:  # the broker went away: wait for it, as workers do
                 app.close()
