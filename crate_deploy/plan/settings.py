@@ -116,8 +116,6 @@ def _transport_options(site: Site) -> Settings:
         # longer than any task may run, or a long task runs twice.
         longest = max(stop_timeout(site, worker) for worker in site.workers)
         return {"visibility_timeout": int(max(3600.0, longest + STOP_MARGIN))}
-    if scheme == "sqs":
-        return {}
     return {"confirm_publish": site.broker.confirm_publish}
 
 

@@ -58,7 +58,7 @@ EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 ExtraArg = Annotated[str, StringConstraints(pattern=r"^-[^\x00-\x1f\x7f-\x9f]+$", max_length=500)]
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
-BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sentinel", "sqs")
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sentinel")
 PoolType = Literal["prefork", "threads", "solo", "gevent", "eventlet"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -100,6 +100,10 @@ def _only_references(url: str, password: str) -> bool:
 
 def _broker_scheme(url: str) -> str:
     scheme = url.partition("://")[0]
+    if scheme == "sqs":
+        raise ValueError("uses Amazon SQS, whose Celery transport has no remote control "
+                         "(ping, inspect): launch could never tell the pools are ready, nor "
+                         "status that they are up; use amqp:// (RabbitMQ) or redis://")
     if scheme not in BROKER_SCHEMES:
         raise ValueError(f"uses the unsupported transport {scheme!r} (one of: "
                          f"{', '.join(BROKER_SCHEMES)})")
