@@ -12,7 +12,7 @@ spellings (app_settings.style):
   Celery reads the pre-4.0 names there, and refuses a source that mixes old and new).
 
 The old names are Celery's own table (``celery.app.defaults._TO_OLD_KEY``), identical in
-5.2.7 and 5.7.0 for every key below; tests/test_producer.py checks it against both.
+5.2.7 and 5.7.0 for every key below; tests/plan/test_producer.py checks it against both.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each service runs from the process plan of the rendered site (deployment.json), the
 same plan the units were rendered from: the command line, environment, environment
-files and working directory its unit holds (tests/test_plan.py keeps them equal).
+files and working directory its unit holds (tests/plan/test_services.py keeps them equal).
 launch waits until every pool answers a ping and consumes its queues and Flower
 answers, then supervises until Ctrl-C / SIGTERM / `crate-deploy stop`, which stop
 the fleet warmly (SIGTERM to each main process; running tasks finish).

@@ -9,7 +9,7 @@ import pytest
 
 from crate_deploy.site.cron import RANGES, check_cron_field
 from tests.conftest import MINIMAL
-from tests.test_validate import messages
+from tests.site.test_validate import messages
 
 
 @pytest.mark.parametrize(("field", "text"), [

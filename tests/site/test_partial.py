@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from crate_deploy.errors import SiteError
 from crate_deploy.site.validate import validate_file
 from tests.conftest import EXAMPLES, MINIMAL, Result
-from tests.test_validate import messages
+from tests.site.test_validate import messages
 
 # The issue's case: a field error, a duplicate pool name and a cross-field error at once.
 ISSUE_CASE = MINIMAL + """\

@@ -14,7 +14,7 @@ from crate_deploy.site.model import Site
 from crate_deploy.site.references import check_references
 from crate_deploy.site.validate import validate_file
 from tests.conftest import Result
-from tests.test_validate import messages
+from tests.site.test_validate import messages
 
 SECRET = "s3cret-value-never-printed"
 SITE = """\

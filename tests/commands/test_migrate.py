@@ -15,7 +15,7 @@ import pytest
 from crate_deploy.site import compat_keys
 from crate_deploy.site.validate import validate_file
 from tests.conftest import Result
-from tests.test_compat_keys import TEST_RENAMES
+from tests.site.test_compat_keys import TEST_RENAMES
 
 OLD = """\
 # yaml-language-server: $schema=../docs/site.schema.json

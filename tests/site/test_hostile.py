@@ -34,7 +34,7 @@ import pytest
 
 from tests.conftest import MINIMAL, ROOT, Result
 
-HOSTILE = Path(__file__).resolve().parent / "hostile"
+HOSTILE = Path(__file__).resolve().parent.parent / "hostile"
 SITE = textwrap.dedent(MINIMAL)
 SUMMARY = re.compile(r"(\d+) error\(s\): nothing was written")
 POSITION = re.compile(r"(\d+):(\d+): ")

@@ -66,7 +66,8 @@ FULL_HOSTS: dict[str, Any] = {**FULL, "hosts": [
     {"name": "web1.example.org", "pools": ["main"], "beat": True, "flower": True},
     {"name": "web2.example.org", "pools": ["auto", "main"]}]}
 # Subtrees another test walks the same way, with the target they need.
-COVERED_ELSEWHERE = {"kubernetes": "tests/test_kubernetes_keys.py (render --target kubernetes)"}
+COVERED_ELSEWHERE = {
+    "kubernetes": "tests/site/test_kubernetes_keys.py (render --target kubernetes)"}
 # Mappings of the user's own keys (not model sections): changed as a whole.
 MAPPINGS = {"environment", "routes", "beat.schedule.kwargs"}
 # Only what deployment.json records for launch/status/requeue to read, not rendered

@@ -1,7 +1,7 @@
 """Each example renders to exactly the files under tests/golden/<example>/.
 
 To accept a deliberate change, regenerate and review the diff:
-    CRATE_DEPLOY_UPDATE_GOLDEN=1 scripts/test tests/test_golden.py
+    CRATE_DEPLOY_UPDATE_GOLDEN=1 scripts/test tests/render/test_golden.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from crate_deploy.target.probe import choose_versions
 from crate_deploy.target.versions import NEWEST_KNOWN
 from tests.conftest import EXAMPLES, ROOT
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 OUTPUT = "/srv/rendered"  # the config_dir used when a site leaves it to the output directory
 CASES = {"minimal": "minimal.yaml", "site": "site.yaml", "demo": "demo/site.yaml",
          "site-kubernetes": "site.yaml", "kubernetes": "kubernetes.yaml"}
