@@ -4,8 +4,8 @@ A task sent by a process that does not use the site's routing lands on that proc
 own default queue (`celery`), which no pool of the site may consume: it waits there
 forever while every pool is up. With the RabbitMQ management API reachable (port
 15672 on the broker's host, the broker's own credentials) every queue of the vhost is
-looked at; otherwise a passive declare asks about `celery`, the site's queues and the
-queues the last `crate-deploy check` saw the application send to.
+looked at; otherwise `celery`, the site's queues and the queues the last `crate-deploy
+check` saw the application send to. Either way a passive declare counts each one.
 
 Not work: Celery's own control and event queues (*.pidbox, celeryev.*), result queues of
 the rpc:// backend (named by a uuid), and the dead-letter queues (QUEUE.dead) where
@@ -46,22 +46,28 @@ def is_work_queue(name: str) -> bool:
 def stranded_queues(app: Any, site: Site, urls: list[str], app_queues: list[str],
                     timeout: float = 2.0) -> tuple[list[StrandedQueue], str]:
     """Queues holding ready messages and no consumer, and how they were found.
-    app_queues: those the application was last seen sending to (by `check`)."""
+    app_queues: those the application was last seen sending to (by `check`).
+
+    The management API only names the queues: its counts are statistics, refreshed every
+    few seconds (a message published a moment ago shows as 0 there), so every queue is
+    counted by a passive declare, which the broker answers from the queue itself."""
     listed = management_queues(urls[0], timeout) if urls[0].startswith("amqp") else None
     if listed is not None:
         source = "the management API (every queue of the vhost)"
+        names = [name for name, _, _ in listed if is_work_queue(name)]
     else:
         source = (f"passive declares ({DEFAULT_QUEUE}, the site's queues and those `check` "
                   "saw the application send to)")
-        listed = _declared(app, [DEFAULT_QUEUE, *site.queue_names, *app_queues])
-    return [StrandedQueue(name, ready) for name, ready, consumers in listed
+        names = [DEFAULT_QUEUE, *site.queue_names, *app_queues]
+    return [StrandedQueue(name, ready) for name, ready, consumers in _declared(app, names)
             if ready and not consumers and is_work_queue(name)], source
 
 
 def management_queues(url: str, timeout: float,
                       port: int = MANAGEMENT_PORT) -> list[tuple[str, int, int]] | None:
     """(name, ready, consumers) of every queue in url's vhost, or None if the API is not
-    reachable there (plugin off, another port, refused credentials)."""
+    reachable there (plugin off, another port, refused credentials). The counts are the
+    API's statistics, a few seconds old: good for names, not for deciding."""
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     api = (f"http://{parts.hostname}:{port}/api/queues/{quote(vhost, safe='')}"
