@@ -27,8 +27,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
 
+from crate_deploy.run.output import FleetOutput, OutputPipe
 from crate_deploy.run.policy import (
     CLEAN_SIGNALS,
     SYSTEM_NAME,
@@ -78,8 +78,6 @@ __all__ = [
 TAIL_LINES = 40
 EXIT_CHDIR = 200  # systemd's status when WorkingDirectory= cannot be entered
 EXIT_EXEC = 203  # systemd's status when the command cannot be executed
-_MAX_LINE_BYTES = 64 * 1024  # print a runaway line without newline rather than hoard it
-_READ_BYTES = 64 * 1024
 _DRAIN_SEC = 0.5  # how long to wait for the last output once everything has exited
 _POLL_SEC = 0.1  # exit polling when the kernel offers no pidfd
 _IDLE_SEC = 1.0
@@ -98,15 +96,6 @@ class _Child:
     returncode: int | None = None
     killed_after_timeout: bool = False
     restarting: bool = False  # stopped on request_restart(): start again once it exits
-
-
-@dataclass
-class _Reader:
-    """One run's output pipe; it outlives the run while leftover children hold it open."""
-
-    child: _Child
-    pipe: IO[bytes]
-    pending: bytearray = field(default_factory=bytearray)
 
 
 class Supervisor:
@@ -143,7 +132,7 @@ class Supervisor:
         self._restart_requests: list[str] = []  # appended to by request_restart()
         self._crash_loop: CrashLoop | None = None
         self._selector: selectors.BaseSelector = selectors.DefaultSelector()
-        self._readers: list[_Reader] = []
+        self._output = FleetOutput(self._selector, self._printer)
         self._ran = False
 
     def __del__(self) -> None:
@@ -210,8 +199,7 @@ class Supervisor:
             self._kill_everything()
             raise
         finally:
-            for reader in list(self._readers):
-                self._close_reader(reader)
+            self._output.close_all()
             self._selector.close()
         return self._result()
 
@@ -229,7 +217,7 @@ class Supervisor:
             self._reap_exited()
             self._fire_timers()
         deadline = time.monotonic() + _DRAIN_SEC
-        while self._readers and time.monotonic() < deadline:
+        while self._output and time.monotonic() < deadline:
             self._wait(deadline - time.monotonic())
 
     def _timeout(self) -> float:
@@ -242,8 +230,8 @@ class Supervisor:
 
     def _wait(self, timeout: float) -> None:
         for key, _ in self._selector.select(max(0.0, timeout)):
-            if isinstance(key.data, _Reader):
-                self._read(key.data)
+            if isinstance(key.data, OutputPipe):
+                self._output.read(key.data)
             elif key.fd == self._wake_read:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_read, 4096)
@@ -317,10 +305,7 @@ class Supervisor:
 
     def _watch(self, child: _Child, popen: subprocess.Popen[bytes]) -> None:
         assert popen.stdout is not None
-        os.set_blocking(popen.stdout.fileno(), False)
-        reader = _Reader(child, popen.stdout)
-        self._readers.append(reader)
-        self._selector.register(popen.stdout.fileno(), selectors.EVENT_READ, reader)
+        self._output.watch(child.spec.name, child.tail, popen.stdout)
         with contextlib.suppress(AttributeError, OSError):  # no pidfd: _timeout() polls
             child.pidfd = os.pidfd_open(popen.pid)
             self._selector.register(child.pidfd, selectors.EVENT_READ, child)
@@ -333,44 +318,10 @@ class Supervisor:
         self._system(f"{child.spec.name} {message}")
         self._after_exit(child, status)
 
-    # --- output ---------------------------------------------------------------------
-
-    def _read(self, reader: _Reader) -> bool:
-        """Read what the pipe has now; False once nothing more is waiting."""
-        try:
-            data = os.read(reader.pipe.fileno(), _READ_BYTES)
-        except BlockingIOError:
-            return False
-        if not data:
-            self._close_reader(reader)
-            return False
-        reader.pending += data
-        while (end := reader.pending.find(b"\n")) >= 0:
-            self._emit(reader.child, bytes(reader.pending[:end]))
-            del reader.pending[: end + 1]
-        if len(reader.pending) > _MAX_LINE_BYTES:
-            self._emit(reader.child, bytes(reader.pending))
-            reader.pending.clear()
-        return True
-
-    def _emit(self, child: _Child, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").removesuffix("\r")
-        child.tail.append(text)
-        self._printer.line(child.spec.name, text)
-
-    def _close_reader(self, reader: _Reader) -> None:
-        if reader.pending:  # a last line without its newline
-            self._emit(reader.child, bytes(reader.pending))
-            reader.pending.clear()
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(reader.pipe.fileno())
-        reader.pipe.close()
-        self._readers.remove(reader)
+    # --- output and exits -----------------------------------------------------------
 
     def _system(self, text: str) -> None:
         self._printer.line(SYSTEM_NAME, text)
-
-    # --- exits ----------------------------------------------------------------------
 
     def _reap_exited(self) -> None:
         for child in self._children:
@@ -384,9 +335,7 @@ class Supervisor:
         returncode = popen.wait()
         child.popen, child.stop_deadline = None, None
         self._forget_pidfd(child)
-        for reader in [r for r in self._readers if r.pipe is popen.stdout]:
-            while self._read(reader):  # the last lines belong in the exit report
-                pass
+        self._output.drain(popen.stdout)
         self._after_exit(child, returncode)
 
     def _forget_pidfd(self, child: _Child) -> None:
