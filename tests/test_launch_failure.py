@@ -94,6 +94,19 @@ def test_a_failed_exec_is_certain() -> None:
     assert failure.cause == "[Errno 2] No such file or directory: '/srv/nope/bin/celery'"
 
 
+def test_a_failed_exec_under_systemd_gives_systemds_own_words() -> None:
+    """Under systemd the cause is the manager's line in the unit's journal (203/EXEC)."""
+    lines = ["demo-beat.service: Failed to execute /srv/nope/venv/bin/celery: No such file or "
+             "directory",
+             "demo-beat.service: Failed at step EXEC spawning /srv/nope/venv/bin/celery: No "
+             "such file or directory",
+             "demo-beat.service: Main process exited, code=exited, status=203/EXEC"]
+    failure = classify_early_exit("demo-beat.service", 203, lines)
+    assert failure is not None
+    assert failure.cause == ("Failed at step EXEC spawning /srv/nope/venv/bin/celery: No such "
+                             "file or directory")
+
+
 def test_early_exits_stop_once_and_count_until_ready() -> None:
     stops: list[int] = []
     watch = EarlyExits(lambda name: {"a": ["hm"], "b": NO_FLOWER}[name],

@@ -267,16 +267,20 @@ def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -
 def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> int:
     if result is None:
         raise LaunchError("the supervisor ended without a result")
+
+    def say(text: str) -> None:
+        fleet.say.line(NAME, text)
+
     if fleet.watch.failure is not None:
-        return report_failure(fleet.say, NAME, fleet.watch.failure)
+        return report_failure(say, fleet.watch.failure)
     if result.crash_loop is not None:
-        return report_failure(fleet.say, NAME, result.crash_loop)
+        return report_failure(say, result.crash_loop)
     if result.killed_after_timeout:
         fleet.say.line(NAME, "error: killed after the stop timeout (tasks may have been "
                        f"interrupted): {', '.join(result.killed_after_timeout)}")
         return 1
     if not ready:
-        return report_not_ready(fleet.say, NAME, fleet.watch, fleet.supervisor.last_lines)
+        return report_not_ready(say, fleet.watch, fleet.supervisor.last_lines)
     fleet.say.line(NAME, "stopped" + ("" if result.clean else " (some exits were not clean: "
                                       f"{result.exit_statuses})"))
     return 0 if result.clean else 1
