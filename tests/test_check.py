@@ -208,8 +208,12 @@ def test_a_port_held_by_someone_else_and_by_our_own_fleet(
     deployment = load_deployment(out)
     [finding] = port_findings(deployment)
     assert finding.severity == "error"
-    assert finding.message.startswith(f"127.0.0.1:{port} (flower.port) is in use by pid "
-                                       f"{os.getpid()}")
+    # The service, the holder (its name only), the kernel's words: the one port check
+    # that check, launch and launch --systemd share.
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    assert finding.message.startswith(
+        f"shop-flower cannot start: port {port} on 127.0.0.1 (flower.port) is in use by pid "
+        f"{os.getpid()} ({comm}) (OSError: [Errno 98] Address already in use)"), finding.message
     lock = hold_launch_lock(deployment)  # this process is "our" launch, and "our" Flower
     try:
         save_launch_state(deployment, {"shop-flower": os.getpid()})

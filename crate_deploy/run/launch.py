@@ -25,7 +25,6 @@ from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.preflight import refuse_unless_clear
 from crate_deploy.inspect.readiness import wait_until_ready
-from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.services import build_plan
 from crate_deploy.run.control import (
     longest_stop,
@@ -126,8 +125,8 @@ def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
     sink = MaskingSink(sys.stdout, mask)
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    # Each service's program, directory and port first (named by service), then what
-    # only the application can tell (check's cheap part: Flower installed, secrets ...).
+    # Each service's program and directory first (named by service), then check's cheap
+    # part (secrets, Flower installed, hardening paths, Flower's port).
     specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
     refuse_unless_clear(deployment, sandboxed=False)
     specs = [tagged(spec) for spec in specs]
@@ -189,9 +188,7 @@ def _checked_selection(deployment: Deployment, specs: list[ProcessSpec],
     if only:
         chosen = resolve_services(deployment, only)
         specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
-    flower = deployment.site.flower
-    check_before_start(specs, (flower_unit(deployment.site).removesuffix(".service"),
-                               flower.address, flower.port) if flower.enabled else None)
+    check_before_start(specs)
     return specs, deployment
 
 

@@ -4,8 +4,8 @@ Each service's program (argv[0]) must exist and be runnable by the user it will 
 as -- every directory on the way searchable, the file executable, a `#!` script
 readable and its interpreter runnable in turn (a venv's python is often a symlink
 into a pyenv under a home directory the service user cannot enter) -- and its
-working directory must be enterable. Flower's port must be free: another process
-holding it would make Flower exit, or worse, answer in its place.
+working directory must be enterable. (Flower's port is check's to look at, in
+inspect/preflight.py, which launch runs next: one owner per check.)
 
 The permission walk reads mode bits (owner, group, other; root passes every search
 and needs one execute bit on a file), not ACLs: what the kernel would refuse for a
@@ -14,14 +14,12 @@ plain setup, with the directory that refuses named.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import grp
 import os
 import pwd
-import socket
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,75 +172,10 @@ def _interpreter(program: str) -> str | None:
     return words[0].decode("utf-8", "replace") if words else None
 
 
-# --- Flower's port -----------------------------------------------------------------
-
-
-def port_problem(address: str, port: int) -> str | None:
-    """Why Flower could not listen on address:port (another process holds it), or None."""
-    host = "" if address in ("0.0.0.0", "::") else address  # noqa: S104 - what Flower binds
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        return f"cannot resolve Flower's address {address!r}: {exc}"
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as sock:
-            # As Tornado does, so a port in TIME_WAIT counts as free.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    continue  # e.g. no IPv6 here: Flower would skip it too
-                holder = port_holder(port)
-                by = f" by {holder}" if holder else ""
-                return (f"port {port} on {address} is already in use{by} "
-                        f"(OSError: [Errno {errno.EADDRINUSE}] Address already in use): "
-                        "stop it or give flower.port another value")
-    return None
-
-
-def port_holder(port: int) -> str | None:
-    """Which process listens on TCP port (pid and name), as far as /proc lets us see."""
-    inodes = set(_listening_inodes(port))
-    if not inodes:
-        return None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    link = str(fd.readlink())
-                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                        return f"pid {entry.name} ({_command(entry)})"
-    return None
-
-
-def _listening_inodes(port: int) -> Iterable[int]:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    yield int(fields[9])
-
-
-def _command(process: Path) -> str:
-    """The process's name only: its arguments may hold someone else's secrets."""
-    try:
-        return (process / "comm").read_text(encoding="utf-8", errors="replace").strip() or "?"
-    except OSError:
-        return "?"
-
-
-def check_before_start(specs: Sequence[ProcessSpec], flower: tuple[str, str, int] | None) -> None:
+def check_before_start(specs: Sequence[ProcessSpec]) -> None:
     """Raise a LaunchError naming every service that cannot start, one line per cause
-    (services sharing a venv share the line); flower is (service, address, port)."""
+    (services sharing a venv share the line)."""
     problems = service_problems(specs)
-    if flower is not None and any(spec.name == flower[0] for spec in specs) and (
-            problem := port_problem(flower[1], flower[2])) is not None:
-        problems.append((flower[0], problem))
     if not problems:
         return
     by_cause: dict[str, list[str]] = {}
