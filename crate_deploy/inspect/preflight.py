@@ -28,8 +28,8 @@ from crate_deploy.errors import LaunchError
 from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.placement import runs_flower
 from crate_deploy.state.deployment import Deployment, _referenced_names
+from crate_deploy.state.envfile import EnvironmentFileError, read_environment_file
 from crate_deploy.state.launch import read_launch_state
-from crate_deploy.systemd.units import UnitError, parse_environment_file
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # exists only while systemd is PID 1
 HIDDEN_BY = {
@@ -75,13 +75,10 @@ def secret_findings(deployment: Deployment) -> Iterator[Finding]:
         return
     path = Path(site.secrets_file)
     try:
-        found = parse_environment_file(path.read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        yield Finding("error", "secrets", f"cannot read {path} ({exc.strerror}): the services "
-                      "read it at start; run check as root (or as the service user)")
-        return
-    except UnitError:
-        yield Finding("error", "secrets", f"{path} is malformed: write KEY=value lines")
+        found = read_environment_file(path, "the secrets file")
+    except EnvironmentFileError as exc:
+        hint = ": the services read it at start; run check as root (or as the service user)"
+        yield Finding("error", "secrets", f"{exc}{hint if exc.unreadable else ''}")
         return
     missing = [name for name in names if name not in found]
     if missing:
