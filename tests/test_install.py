@@ -8,6 +8,7 @@ whose home is a temporary directory.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,7 +232,9 @@ def user_site(tmp_path: Path) -> Path:
     """The demo site, run by the user's own systemd manager."""
     shutil.copytree(EXAMPLES / "demo", tmp_path / "demo")
     site = tmp_path / "demo/site.yaml"
-    site.write_text(site.read_text() + "systemd:\n  scope: user\n")
+    # The venv this test runs in: launch checks that the services' program runs.
+    text = site.read_text().replace("venv: ../../.venv", f"venv: {sys.prefix}")
+    site.write_text(text + "systemd:\n  scope: user\n")
     return site
 
 

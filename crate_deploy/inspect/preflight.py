@@ -6,9 +6,11 @@ loading the application (no Celery, no subprocess), so `launch` runs it every ti
 - the paths the services need survive their units' hardening: ProtectHome= and
   PrivateTmp= hide /home, /root, /run/user and /tmp, /var/tmp; a state directory
   ProtectSystem=strict would need to exist; the service user (or DynamicUser=, which is
-  "anyone") can read the venv's interpreter and every directory on the way to it;
+  "anyone") can reach the config and state directories;
+- each service's user can run its program (through the venv's interpreter, and every
+  directory on the way) and enter its working directory (inspect/access.py);
 - Flower's port is free, or held by this site's own running Flower (the only check of
-  it: launch's per-service checks in run/preflight.py leave it to this one).
+  it, as each check below has one owner).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError
+from crate_deploy.inspect.access import service_problems
 from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.placement import runs_flower
+from crate_deploy.plan.services import build_plan
 from crate_deploy.state.deployment import Deployment, _referenced_names
 from crate_deploy.state.envfile import EnvironmentFileError, read_environment_file
 from crate_deploy.state.launch import read_launch_state
@@ -121,9 +125,23 @@ def path_findings(deployment: Deployment, *, sandboxed: bool = True) -> Iterator
                           "ProtectSystem=strict makes everything else read-only, and systemd "
                           f"refuses a missing ReadWritePaths=; create it (owned by the service "
                           "user)")
-    # (A foreground launch run as root switches to `user:` too.)
-    if (sandboxed and site.systemd.scope == "system") or (site.user and os.geteuid() == 0):
-        yield from _access_findings(site.user, paths)
+    # (A foreground launch run as root switches to `user:` too.) The programs and working
+    # directories are service_findings' (one owner per check); the rest is looked at here.
+    systemd = sandboxed and site.systemd.scope == "system"
+    if systemd or (site.user and os.geteuid() == 0):
+        yield from _access_findings(site.user, {what: path for what, path in paths.items()
+                                                if what in ("config_dir", "state_dir")})
+    yield from service_findings(deployment, systemd=systemd)
+
+
+def service_findings(deployment: Deployment, *, systemd: bool) -> Iterator[Finding]:
+    """Can each service's user run its program and enter its working directory (as
+    systemd's units run them, or as a foreground launch does)? inspect/access.py walks."""
+    chosen = {name.removesuffix(".service") for name in deployment.services}
+    plan = build_plan(deployment.site, deployment.config_dir, deployment.host)
+    services = [service for service in plan.services if service.name in chosen]
+    for problem, names in service_problems(services, systemd=systemd).items():
+        yield Finding("error", "access", f"{', '.join(names)} cannot start: {problem}")
 
 
 def port_findings(deployment: Deployment) -> Iterator[Finding]:

@@ -42,7 +42,6 @@ from crate_deploy.run.guard import (
 from crate_deploy.run.host import check_this_host
 from crate_deploy.run.logs import LoggingPrinter
 from crate_deploy.run.outcome import report_failure, report_not_ready
-from crate_deploy.run.preflight import check_before_start
 from crate_deploy.run.specs import process_spec
 from crate_deploy.run.supervise import (
     LinePrinter,
@@ -125,9 +124,9 @@ def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
     sink = MaskingSink(sys.stdout, mask)
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    # Each service's program and directory first (named by service), then check's cheap
-    # part (secrets, Flower installed, hardening paths, Flower's port).
-    specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
+    specs, deployment = _selection(deployment, _process_specs(deployment), only)
+    # Before anything starts, check's cheap part: each service's program and working
+    # directory (named by service), secrets, Flower installed, paths, Flower's port.
     refuse_unless_clear(deployment, sandboxed=False)
     specs = [tagged(spec) for spec in specs]
     ensure_directory(Path(deployment.state_dir), mode=0o700, owner=_owner(specs))
@@ -181,14 +180,12 @@ def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     return [_as_unit_user(process_spec(service, base)) for service in plan.services]
 
 
-def _checked_selection(deployment: Deployment, specs: list[ProcessSpec],
-                       only: Sequence[str]) -> tuple[list[ProcessSpec], Deployment]:
-    """The services to run (launch --only narrows them, and readiness with them), each
-    checked before anything starts (run/preflight.py)."""
+def _selection(deployment: Deployment, specs: list[ProcessSpec],
+               only: Sequence[str]) -> tuple[list[ProcessSpec], Deployment]:
+    """The services to run (launch --only narrows them, and readiness with them)."""
     if only:
         chosen = resolve_services(deployment, only)
         specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
-    check_before_start(specs)
     return specs, deployment
 
 

@@ -1,11 +1,18 @@
-"""Checks before a launch starts anything: what would only fail later, and slowly.
+"""Can each service's user run its program and enter its working directory? The one
+check of it, in check's cheap part (inspect/preflight.py), which `check`, `launch` and
+`launch --systemd` run before anything starts: what would otherwise fail later, and
+slowly (203/EXEC, 200/CHDIR, or a foreground launch's "failed to start").
 
-Each service's program (argv[0]) must exist and be runnable by the user it will run
-as -- every directory on the way searchable, the file executable, a `#!` script
-readable and its interpreter runnable in turn (a venv's python is often a symlink
-into a pyenv under a home directory the service user cannot enter) -- and its
-working directory must be enterable. (Flower's port is check's to look at, in
-inspect/preflight.py, which launch runs next: one owner per check.)
+The program (argv[0]) must exist and be runnable by the user it will run as -- every
+directory on the way searchable, the file executable, a `#!` script readable and its
+interpreter runnable in turn (a venv's python is often a symlink into a pyenv under a
+home directory the service user cannot enter) -- and its working directory must be
+enterable.
+
+Who that is: under systemd (system units), User= with the groups systemd gives it (its
+own and its supplementary groups), or for DynamicUser= a uid no file belongs to; in a
+foreground launch run as root, User= with only its own group (launch switches so);
+anyone else runs the fleet as themselves.
 
 The permission walk reads mode bits (owner, group, other; root passes every search
 and needs one execute bit on a file), not ACLs: what the kernel would refuse for a
@@ -19,14 +26,14 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crate_deploy.errors import LaunchError
-from crate_deploy.run.policy import ProcessSpec
+from crate_deploy.plan.services import Service
 
 _MAX_LINKS = 40  # the kernel's ELOOP limit
+_NO_FILES_UID = -1  # DynamicUser=: a uid allocated at start, owning no file here
 
 
 @dataclass(frozen=True)
@@ -38,15 +45,17 @@ class Identity:
     name: str
 
 
-def identity_for(spec: ProcessSpec) -> Identity:
-    """The unit's User= when we run as root (we switch to it, with only its own group,
-    as launch does), else ourselves."""
-    if spec.user is not None and os.geteuid() == 0:
-        account = pwd.getpwnam(spec.user)
-        gid = account.pw_gid
-        if spec.group is not None:
-            gid = grp.getgrnam(spec.group).gr_gid
-        return Identity(account.pw_uid, frozenset({gid}), spec.user)
+def identity_for(user: str | None, group: str | None, *, systemd: bool) -> Identity:
+    """Who runs a service with this User=/Group=: under systemd (system units), or in a
+    foreground launch. KeyError when the user or group does not exist here."""
+    if systemd and user is None:
+        return Identity(_NO_FILES_UID, frozenset(), "the DynamicUser= of the units")
+    if user is not None and (systemd or os.geteuid() == 0):
+        account = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group is not None else account.pw_gid
+        # systemd adds the user's supplementary groups; launch switches to one group only.
+        extra = os.getgrouplist(user, account.pw_gid) if systemd else []
+        return Identity(account.pw_uid, frozenset({gid, *extra}), user)
     uid = os.geteuid()
     try:
         name = pwd.getpwuid(uid).pw_name
@@ -55,17 +64,34 @@ def identity_for(spec: ProcessSpec) -> Identity:
     return Identity(uid, frozenset({os.getegid(), *os.getgroups()}), name)
 
 
-def service_problems(specs: Sequence[ProcessSpec]) -> list[tuple[str, str]]:
-    """(service, problem) for every service that cannot start, in service order."""
-    problems = []
-    for spec in specs:
-        who = identity_for(spec)
-        problem = executable_problem(spec.argv[0], who)
-        if problem is None and spec.cwd is not None:
-            problem = directory_problem(spec.cwd, who)
-        if problem is not None:
-            problems.append((spec.name, problem))
+def service_problems(services: Iterable[Service], *, systemd: bool) -> dict[str, list[str]]:
+    """Each reason a service cannot start, with the services it stops (services sharing a
+    venv share it), in service order. A user that does not exist is said elsewhere."""
+    problems: dict[str, list[str]] = {}
+    for service in services:
+        try:
+            who = identity_for(service.user, service.group, systemd=systemd)
+        except KeyError:
+            # A missing user is check's access finding (said once for all); the user
+            # exists, so the group does not.
+            if service.group is not None and _exists(pwd.getpwnam, service.user):
+                problems.setdefault(f"group {service.group} does not exist on this machine "
+                                    "(the units' Group=; systemd would refuse them with "
+                                    "216/GROUP): set group: to one that does",
+                                    []).append(service.name)
+            continue
+        for problem in (executable_problem(service.argv[0], who),
+                        directory_problem(Path(service.working_directory or "/"), who)):
+            if problem is not None:
+                problems.setdefault(problem, []).append(service.name)
     return problems
+
+
+def _exists(lookup: Callable[[str], object], name: str | None) -> bool:
+    try:
+        return name is not None and lookup(name) is not None
+    except KeyError:
+        return False
 
 
 def executable_problem(program: str, who: Identity) -> str | None:
@@ -170,16 +196,3 @@ def _interpreter(program: str) -> str | None:
         return None
     words = head[2:].split(b"\n", 1)[0].split()
     return words[0].decode("utf-8", "replace") if words else None
-
-
-def check_before_start(specs: Sequence[ProcessSpec]) -> None:
-    """Raise a LaunchError naming every service that cannot start, one line per cause
-    (services sharing a venv share the line)."""
-    problems = service_problems(specs)
-    if not problems:
-        return
-    by_cause: dict[str, list[str]] = {}
-    for service, problem in problems:
-        by_cause.setdefault(problem, []).append(service)
-    raise LaunchError("\n".join(f"{', '.join(services)} cannot start: {problem}"
-                                for problem, services in by_cause.items()))
