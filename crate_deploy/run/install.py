@@ -81,8 +81,8 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     if not live or not start:
         return _not_started(deployment, restart, summary, root=root,
                             problem=problem if start else None)
-    # A unit systemd gave up on (its start limit hit) refuses even a fixed start until
-    # its failed state, and the start counter with it, are reset.
+    # Each run starts afresh: a unit systemd gave up on keeps its failed state and its
+    # start counter, which reset-failed flushes (systemd.unit(5), StartLimitIntervalSec=).
     systemctl.run("reset-failed", *deployment.services)
     running = active_units(deployment.services, user=systemctl.user)
     if restart:

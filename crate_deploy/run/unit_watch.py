@@ -30,6 +30,7 @@ from crate_deploy.run.policy import describe_returncode
 from crate_deploy.state.deployment import Deployment, broker_urls, masker_for, read_secrets
 
 JOURNAL_LINES = 60
+_START_LIMIT = "Start request repeated too quickly"  # systemd's words, in the unit's journal
 _SETTLE_SEC, _SETTLE_READS = 0.2, 10  # how long a journal may still be taking in output
 _PROPERTIES = ("Id", "ActiveState", "SubState", "Result", "ExecMainCode", "ExecMainStatus",
                "ExecMainExitTimestampMonotonic", "StateChangeTimestampMonotonic")
@@ -100,15 +101,19 @@ class UnitWatch:
         """systemd will not restart it: its start limit was hit, or Restart= said no."""
         lines = tuple(self.settled_journal(name))
         returncode = _returncode(unit)
-        result = unit.get("Result", "")
+        # After restarts the Result stays the last run's (exit-code); the manager says
+        # why it gave up in the unit's journal.
+        limit = unit.get("Result") == "start-limit-hit" or any(
+            _START_LIMIT in line for line in lines)
+        why = "start limit hit: a crash loop" if limit else f"result {unit.get('Result')}"
         failure = classify_early_exit(name, returncode, lines)
         if failure is None:
             raw = cause_from_output(lines)
             said = f": {explain_cause(raw)}" if raw else ""
-            failure = Failure(name, f"systemd marked it failed ({result}; last "
+            failure = Failure(name, f"systemd gave up on it ({why}; last "
                               f"{describe_returncode(returncode)}){said}", lines)
-        elif result == "start-limit-hit":
-            failure = Failure(name, f"{failure.cause} (start limit hit: a crash loop)", lines)
+        elif limit:
+            failure = Failure(name, f"{failure.cause} ({why})", lines)
         count = self.early.exits.get(name, (0, 0))[0]
         self.early.exits[name] = (max(count, 1), returncode)
         self.early.failure = failure
