@@ -15,8 +15,9 @@ loop with no cause (systemd's start limit ends it), Flower's port held by anothe
 process (found before anything starts). Each prints
 `LAUNCH-SYSTEMD-FAIL|case|exit|seconds|last line` (run with -s): the time is reported,
 not asserted. Then the operator commands on a fleet that came up: `logs` reads the
-journal, `restart` restarts one pool under systemd (new main pid, answering again), and a
-restart into a broken application fails in seconds with the cause.
+journal (and `logs -f` follows it until Ctrl-C), `restart` restarts one pool under
+systemd (new main pid, answering again), and a restart into a broken application fails
+in seconds with the cause.
 
 Needs root, systemd-nspawn, the root of .ci/container-rootfs, and RabbitMQ; skips
 without them (fails under CI).
@@ -46,6 +47,8 @@ from tests.systemd_container import (
 pytestmark = pytest.mark.slow
 
 PACKAGES = REPO_ROOT / ".venv" / "lib" / "python3.11" / "site-packages"
+# This checkout and the dev venv's packages, run by the container's python3.11.
+IN_CONTAINER = {"PYTHONPATH": f"{REPO_ROOT}:{PACKAGES}", "PYTHONDONTWRITEBYTECODE": "1"}
 LAUNCH_TIMEOUT = 60  # the default: a failure must not wait it out
 WORKERS = ("demo-worker-quick.service", "demo-worker-slow.service")
 SERVICES = (*WORKERS, "demo-beat.service", "demo-flower.service")
@@ -74,10 +77,9 @@ class Inside:
 
     def crate_deploy(self, *args: str, timeout: float = 180) -> tuple[int, str, float]:
         """Run crate-deploy in the container: (exit status, stdout + stderr, seconds)."""
-        env = {"PYTHONPATH": f"{REPO_ROOT}:{PACKAGES}", "PYTHONDONTWRITEBYTECODE": "1"}
         started = time.monotonic()
         result = self.ct.run(["/usr/bin/python3", "-m", "crate_deploy", *args], check=False,
-                             timeout=timeout, env=env)
+                             timeout=timeout, env=IN_CONTAINER)
         return result.returncode, result.stdout + result.stderr, time.monotonic() - started
 
     def launch(self, case: str) -> tuple[int, str, str]:
@@ -227,13 +229,24 @@ def _logs_and_restart(inside: Inside, fleet: Fleet) -> None:
     print(f"LAUNCH-SYSTEMD|healthy fleet|exit {code}|{seconds:.1f}s")
     assert code == 0 and "ready in" in said, said
 
-    # logs: the journal of the named unit only, masked like everything else.
+    # logs: the journal of the named unit only (through the masker).
     code, said, _ = inside.crate_deploy("logs", "quick", out, "-n", "200")
     assert code == 0, said
     assert "quick@" in said and "ready." in said, said
     assert "demo-beat" not in said and fleet.flower_password not in said, said
     code, said, _ = inside.crate_deploy("logs", "flower", out, "-n", "200")
     assert code == 0 and "Visit me at http" in said, said
+    # logs -f follows the journal: what systemd says of the unit while it runs comes
+    # through, and Ctrl-C (SIGINT) ends it.
+    follow = ct.run(["sh", "-c", f"(sleep 3; systemctl kill --kill-who=main --signal=SIGUSR1 "
+                     f"{WORKERS[1]}) & "
+                     f"timeout -s INT 8 /usr/bin/python3 -m crate_deploy logs -f slow {out} "
+                     "-n 5"], check=False, timeout=60, env=IN_CONTAINER)
+    assert follow.returncode == 124, follow  # ended by the SIGINT, not by itself
+    assert "Traceback" not in follow.stderr, follow.stderr
+    # SIGUSR1 to its main process makes a Celery worker dump its threads' stacks: the
+    # dump arrives while logs follows (after the 5 lines it started with).
+    assert "MainThread" in follow.stdout.split("\n", 5)[-1], follow.stdout
 
     # restart under systemd: a new main process, answering again.
     before = int(ct.unit_properties(WORKERS[0], "MainPID")["MainPID"])
