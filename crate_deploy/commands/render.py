@@ -32,7 +32,7 @@ from crate_deploy.site.validate import (
     check_versions,
     validate_file,
 )
-from crate_deploy.target.probe import choose_versions, version_stamp
+from crate_deploy.target.probe import choose_versions
 from crate_deploy.target.versions import TargetVersions
 from crate_deploy.write import FileChange, apply_changes, plan_changes, render_lock
 
@@ -145,9 +145,9 @@ def _render(validated: ValidatedSite, versions: TargetVersions, site_path: Path,
     config_dir = site.paths.config_dir or _plain_config_dir(directory)
     if warn and site.paths.config_dir is None:
         _warn_if_hidden(site, config_dir)
-    stamp = version_stamp(site) if versions.source == "probed" else None
-    return render_site(site, source or source_name(site_path), config_dir, versions, stamp,
-                       share, target)
+    # The probe's stamp came with the versions, taken once: not again for each host's share.
+    return render_site(site, source or source_name(site_path), config_dir, versions,
+                       versions.stamp, share, target)
 
 
 def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:

@@ -6,8 +6,11 @@ loading the application (no Celery, no subprocess), so `launch` runs it every ti
 - the paths the services need survive their units' hardening: ProtectHome= and
   PrivateTmp= hide /home, /root, /run/user and /tmp, /var/tmp; a state directory
   ProtectSystem=strict would need to exist; the service user (or DynamicUser=, which is
-  "anyone") can read the venv's interpreter and every directory on the way to it;
-- the ports the site binds are free, or held by this site's own running fleet.
+  "anyone") can reach the config and state directories;
+- each service's user can run its program (through the venv's interpreter, and every
+  directory on the way) and enter its working directory (inspect/access.py);
+- Flower's port is free, or held by this site's own running Flower (the only check of
+  it, as each check below has one owner).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError
+from crate_deploy.inspect.access import service_problems
+from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.placement import runs_flower
+from crate_deploy.plan.services import build_plan
 from crate_deploy.state.deployment import Deployment, _referenced_names
+from crate_deploy.state.envfile import EnvironmentFileError, read_environment_file
 from crate_deploy.state.launch import read_launch_state
-from crate_deploy.systemd.units import UnitError, parse_environment_file
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # exists only while systemd is PID 1
 HIDDEN_BY = {
@@ -73,13 +79,10 @@ def secret_findings(deployment: Deployment) -> Iterator[Finding]:
         return
     path = Path(site.secrets_file)
     try:
-        found = parse_environment_file(path.read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        yield Finding("error", "secrets", f"cannot read {path} ({exc.strerror}): the services "
-                      "read it at start; run check as root (or as the service user)")
-        return
-    except UnitError:
-        yield Finding("error", "secrets", f"{path} is malformed: write KEY=value lines")
+        found = read_environment_file(path, "the secrets file")
+    except EnvironmentFileError as exc:
+        hint = ": the services read it at start; run check as root (or as the service user)"
+        yield Finding("error", "secrets", f"{exc}{hint if exc.unreadable else ''}")
         return
     missing = [name for name in names if name not in found]
     if missing:
@@ -122,33 +125,62 @@ def path_findings(deployment: Deployment, *, sandboxed: bool = True) -> Iterator
                           "ProtectSystem=strict makes everything else read-only, and systemd "
                           f"refuses a missing ReadWritePaths=; create it (owned by the service "
                           "user)")
-    # (A foreground launch run as root switches to `user:` too.)
-    if (sandboxed and site.systemd.scope == "system") or (site.user and os.geteuid() == 0):
-        yield from _access_findings(site.user, paths)
+    # (A foreground launch run as root switches to `user:` too.) The programs and working
+    # directories are service_findings' (one owner per check); the rest is looked at here.
+    systemd = sandboxed and site.systemd.scope == "system"
+    if systemd or (site.user and os.geteuid() == 0):
+        yield from _access_findings(site.user, {what: path for what, path in paths.items()
+                                                if what in ("config_dir", "state_dir")})
+    yield from service_findings(deployment, systemd=systemd)
+
+
+def service_findings(deployment: Deployment, *, systemd: bool) -> Iterator[Finding]:
+    """Can each service's user run its program and enter its working directory (as
+    systemd's units run them, or as a foreground launch does)? inspect/access.py walks."""
+    chosen = {name.removesuffix(".service") for name in deployment.services}
+    plan = build_plan(deployment.site, deployment.config_dir, deployment.host)
+    services = [service for service in plan.services if service.name in chosen]
+    for problem, names in service_problems(services, systemd=systemd).items():
+        yield Finding("error", "access", f"{', '.join(names)} cannot start: {problem}")
 
 
 def port_findings(deployment: Deployment) -> Iterator[Finding]:
-    flower = deployment.site.flower
-    if not runs_flower(deployment.site, deployment.host):
+    """Flower's port: the one check of it, for `check`, `launch` and `launch --systemd`.
+
+    Whether Flower could bind it now is asked of the kernel (a bind as Flower's, with
+    SO_REUSEADDR); who holds it, of /proc (their name only: arguments may hold secrets)."""
+    site = deployment.site
+    if not runs_flower(site, deployment.host):
         return  # no Flower here (disabled, or another host's share runs it)
+    flower = site.flower
+    service = flower_unit(site).removesuffix(".service")
     address = flower.address or "0.0.0.0"  # noqa: S104 - Flower's own default
-    listening, holders = listeners(flower.port)
     where = f"{address}:{flower.port}"
-    if listening:
-        if holders and holders <= _own_pids(deployment):
-            yield Finding("ok", "port", f"{where} is held by this site's own running Flower")
-            return
-        who = ", ".join(f"pid {pid}" for pid in sorted(holders)) or "another process"
-        yield Finding("error", "port", f"{where} (flower.port) is in use by {who}: stop it, or "
-                      "choose another flower.port")
-    elif not _bindable(address, flower.port):
+    try:
+        free = _bindable(address, flower.port)
+    except socket.gaierror as exc:
+        yield Finding("error", "port", f"{service} cannot start: cannot resolve Flower's "
+                      f"address {address!r}: {exc}")
+        return
+    if free:
+        yield Finding("ok", "port", f"{where} (Flower) is free")
+        return
+    listening, holders = listeners(flower.port)
+    if holders and holders <= _own_pids(deployment):
+        yield Finding("ok", "port", f"{where} is held by this site's own running Flower")
+    elif listening:
+        who = ", ".join(f"pid {pid} ({_command(pid)})" for pid in sorted(holders)) or (
+            "another process")
+        yield Finding("error", "port", f"{service} cannot start: port {flower.port} on "
+                      f"{address} (flower.port) is in use by {who} (OSError: [Errno "
+                      f"{errno.EADDRINUSE}] Address already in use): stop it, or choose "
+                      "another flower.port")
+    else:
         # Nobody listens, but a connection uses it as its local end right now: an ephemeral
         # port, which any outgoing connection may take again when Flower starts.
         yield Finding("warning", "port", f"{where} (flower.port) is the local end of a "
                       "connection right now, so Flower could fail to bind it: choose a port "
                       "outside the ephemeral range (/proc/sys/net/ipv4/ip_local_port_range)")
-    else:
-        yield Finding("ok", "port", f"{where} (Flower) is free")
 
 
 def listeners(port: int) -> tuple[bool, set[int]]:
@@ -189,15 +221,30 @@ def _holds_socket(proc: Path, inodes: set[str]) -> bool:
 
 
 def _bindable(address: str, port: int) -> bool:
-    """Could a server bind it now? With SO_REUSEADDR, as Flower (tornado) binds."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            return exc.errno != errno.EADDRINUSE
+    """Could Flower bind address:port now? Every address it resolves to, with SO_REUSEADDR
+    as Flower (tornado) binds, so a port in TIME_WAIT counts as free; an address family
+    this machine lacks (no IPv6) is skipped, as Flower skips it. socket.gaierror when the
+    address does not resolve."""
+    host = None if address in ("0.0.0.0", "::") else address  # noqa: S104 - any address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False
     return True
+
+
+def _command(pid: int) -> str:
+    """A process's name only: its arguments may hold someone else's secrets."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8",
+                                                  errors="replace").strip() or "?"
+    except OSError:
+        return "?"
 
 
 def _own_pids(deployment: Deployment) -> set[int]:

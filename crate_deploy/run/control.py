@@ -109,7 +109,7 @@ def restart_command(directory: Path, wanted: Sequence[str], *, timeout: float | 
     if pid is not None:
         return _restart_foreground(deployment, pid, services, timeout)
     if _installed_in_systemd(deployment) and manager_problem(_user(deployment)) is None:
-        return _restart_systemd(deployment, services)
+        return _restart_systemd(deployment, services, timeout)
     raise LaunchError(f"nothing launched from {directory} is running: "
                       f"`crate-deploy launch {directory}` starts it")
 
@@ -160,15 +160,26 @@ def _wait_until_answering(deployment: Deployment, services: list[str],
     return 0 if ready else 1
 
 
-def _restart_systemd(deployment: Deployment, services: list[str]) -> int:
-    argv = ["systemctl", *(["--user"] if _user(deployment) else []), "restart",
-            *(f"{name}.service" for name in services)]
+def _restart_systemd(deployment: Deployment, services: list[str],
+                     timeout: float | None) -> int:
+    from crate_deploy.run.unit_watch import UnitWatch, wait_for_units
+
+    units = [f"{name}.service" for name in services]
+    _systemctl(deployment, "restart", *units)
+    click.echo(f"restarted {', '.join(services)} (systemd)")
+    # As launch --systemd: a restarted unit that fails for certain is named at once.
+    watch = UnitWatch.starting_now(units, user=_user(deployment), ours=units,
+                                   stop=lambda failing: _systemctl(deployment, "stop", *failing))
+    return wait_for_units(narrowed(deployment, services), watch,
+                          timeout=timeout if timeout is not None else 120.0)
+
+
+def _systemctl(deployment: Deployment, *args: str) -> None:
+    argv = ["systemctl", *(["--user"] if _user(deployment) else []), *args]
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900)
     if result.returncode != 0:
         said = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
         raise LaunchError(f"`{' '.join(argv)}` failed: {said}")
-    click.echo(f"restarted {', '.join(services)} (systemd)")
-    return _wait_until_answering(deployment, services, lambda: True)
 
 
 def _installed_in_systemd(deployment: Deployment) -> bool:

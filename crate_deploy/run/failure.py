@@ -27,6 +27,9 @@ _FRAME = re.compile(r'^\s+File "[^"]*", line \d+')
 # A traceback's last line: an exception name (dotted, perhaps), a colon and its message.
 _EXCEPTION = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$")
 _CLICK_ERROR = re.compile(r"^Error: (?P<message>\S.*)$")
+# Why a program did not start: the foreground supervisor's line, or systemd's own in the
+# unit's journal ("NAME.service: Failed at step EXEC spawning /x/celery: No such file ...").
+_NOT_STARTED = re.compile(r"^(?:failed to start: |\S+: (?=Failed at step ))(?P<cause>.+)$")
 # Exceptions a restart may cure: the broker or the network, not the deployment.
 _TRANSIENT = re.compile(r"Connection|Timeout|OperationalError|BrokenPipe|Interrupt"
                         r"|RecoverableError|socket\.")
@@ -61,9 +64,9 @@ def classify_early_exit(service: str, returncode: int, lines: Sequence[str]) -> 
     """The certain failure an exit before ready shows, or None if a restart may help."""
     tail = tuple(lines)
     if returncode in (EXIT_EXEC, EXIT_CHDIR):
-        said = next((line for line in reversed(tail) if line.startswith("failed to start:")),
-                    f"exited with status {returncode}")
-        return Failure(service, said.removeprefix("failed to start: "), tail)
+        said = next((match["cause"] for line in reversed(tail)
+                     if (match := _NOT_STARTED.match(line))), f"exited with status {returncode}")
+        return Failure(service, said, tail)
     raw = cause_from_output(tail)
     if returncode == EXIT_USAGE:
         return Failure(service, explain(raw or "usage error (exit code 2)"), tail)

@@ -25,17 +25,15 @@ import click
 
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.inspect.preflight import refuse_unless_clear
-from crate_deploy.inspect.readiness import wait_until_ready
 from crate_deploy.plan import names
 from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
 from crate_deploy.render import RenderedFile
 from crate_deploy.run.host import check_this_host
+from crate_deploy.run.unit_watch import UnitWatch, active_units, wait_for_units
 from crate_deploy.state.deployment import (
     Deployment,
-    broker_urls,
     check_flower_passwords,
     load_deployment,
-    masker_for,
     read_secrets,
 )
 from crate_deploy.write import FileChange, apply_install, plan_install, read_install_record
@@ -83,27 +81,20 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     if not live or not start:
         return _not_started(deployment, restart, summary, root=root,
                             problem=problem if start else None)
+    # Each run starts afresh: a unit systemd gave up on keeps its failed state and its
+    # start counter, which reset-failed flushes (systemd.unit(5), StartLimitIntervalSec=).
+    systemctl.run("reset-failed", *deployment.services)
+    running = active_units(deployment.services, user=systemctl.user)
     if restart:
         systemctl.run("try-restart", *restart)
     click.echo(f"restarted: {' '.join(restart) or '(nothing)'}")
+    # Exits from here on count (not the old processes try-restart has just stopped).
+    ours = [unit for unit in deployment.services if unit not in running or unit in restart]
+    watch = UnitWatch.starting_now(deployment.services, user=systemctl.user, ours=ours,
+                                   stop=lambda units: systemctl.run("stop", *units))
     systemctl.run("start", deployment.target)
     click.echo(f"{summary}; {deployment.target} started")
-    return _wait_for_services(deployment, timeout) if wait else 0
-
-
-def _wait_for_services(deployment: Deployment, timeout: float) -> int:
-    """A started unit is not a working fleet: wait until every pool and Flower answer."""
-    site = deployment.site
-    secrets = read_secrets(site)
-    mask = masker_for(secrets)
-    ready = wait_until_ready(site, broker_urls(site, secrets), secrets, mask, timeout=timeout,
-                             alive=lambda: True, say=lambda text: click.echo(mask(text)),
-                             share=deployment.host)
-    if not ready:
-        scope = " --user" if site.systemd.scope == "user" else ""
-        click.echo(f"crate-deploy: see `systemctl{scope} status {deployment.target}` and "
-                   f"`journalctl{scope} -u {deployment.services[0]}`", err=True)
-    return 0 if ready else 1
+    return wait_for_units(deployment, watch, timeout=timeout) if wait else 0
 
 
 def _install(deployment: Deployment, prefix: Path, systemctl: _Systemctl, *,
@@ -252,6 +243,7 @@ class _Systemctl:
     """systemctl for one scope and root; a failure is a LaunchError with its own words."""
 
     def __init__(self, *, user: bool, root: Path | None) -> None:
+        self.user = user
         self.options = (["--user"] if user else []) + ([f"--root={root}"] if root else [])
         if shutil.which("systemctl") is None:
             raise LaunchError("systemctl is not installed here: launch --systemd needs "

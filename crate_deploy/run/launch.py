@@ -25,7 +25,6 @@ from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import probe
 from crate_deploy.inspect.preflight import refuse_unless_clear
 from crate_deploy.inspect.readiness import wait_until_ready
-from crate_deploy.plan.names import flower_unit
 from crate_deploy.plan.services import build_plan
 from crate_deploy.run.control import (
     longest_stop,
@@ -43,7 +42,6 @@ from crate_deploy.run.guard import (
 from crate_deploy.run.host import check_this_host
 from crate_deploy.run.logs import LoggingPrinter
 from crate_deploy.run.outcome import report_failure, report_not_ready
-from crate_deploy.run.preflight import check_before_start
 from crate_deploy.run.specs import process_spec
 from crate_deploy.run.supervise import (
     LinePrinter,
@@ -126,9 +124,9 @@ def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
     sink = MaskingSink(sys.stdout, mask)
     urls = broker_urls(site, secrets)
     probe.check_broker(urls, mask)
-    # Each service's program, directory and port first (named by service), then what
-    # only the application can tell (check's cheap part: Flower installed, secrets ...).
-    specs, deployment = _checked_selection(deployment, _process_specs(deployment), only)
+    specs, deployment = _selection(deployment, _process_specs(deployment), only)
+    # Before anything starts, check's cheap part: each service's program and working
+    # directory (named by service), secrets, Flower installed, paths, Flower's port.
     refuse_unless_clear(deployment, sandboxed=False)
     specs = [tagged(spec) for spec in specs]
     ensure_directory(Path(deployment.state_dir), mode=0o700, owner=_owner(specs))
@@ -182,16 +180,12 @@ def _process_specs(deployment: Deployment) -> list[ProcessSpec]:
     return [_as_unit_user(process_spec(service, base)) for service in plan.services]
 
 
-def _checked_selection(deployment: Deployment, specs: list[ProcessSpec],
-                       only: Sequence[str]) -> tuple[list[ProcessSpec], Deployment]:
-    """The services to run (launch --only narrows them, and readiness with them), each
-    checked before anything starts (run/preflight.py)."""
+def _selection(deployment: Deployment, specs: list[ProcessSpec],
+               only: Sequence[str]) -> tuple[list[ProcessSpec], Deployment]:
+    """The services to run (launch --only narrows them, and readiness with them)."""
     if only:
         chosen = resolve_services(deployment, only)
         specs, deployment = [s for s in specs if s.name in chosen], narrowed(deployment, chosen)
-    flower = deployment.site.flower
-    check_before_start(specs, (flower_unit(deployment.site).removesuffix(".service"),
-                               flower.address, flower.port) if flower.enabled else None)
     return specs, deployment
 
 
@@ -267,16 +261,20 @@ def _wait_until_ready(fleet: _Fleet, thread: threading.Thread, timeout: float) -
 def _conclude(fleet: _Fleet, result: SupervisorResult | None, ready: bool) -> int:
     if result is None:
         raise LaunchError("the supervisor ended without a result")
+
+    def say(text: str) -> None:
+        fleet.say.line(NAME, text)
+
     if fleet.watch.failure is not None:
-        return report_failure(fleet.say, NAME, fleet.watch.failure)
+        return report_failure(say, fleet.watch.failure)
     if result.crash_loop is not None:
-        return report_failure(fleet.say, NAME, result.crash_loop)
+        return report_failure(say, result.crash_loop)
     if result.killed_after_timeout:
         fleet.say.line(NAME, "error: killed after the stop timeout (tasks may have been "
                        f"interrupted): {', '.join(result.killed_after_timeout)}")
         return 1
     if not ready:
-        return report_not_ready(fleet.say, NAME, fleet.watch, fleet.supervisor.last_lines)
+        return report_not_ready(say, fleet.watch, fleet.supervisor.last_lines)
     fleet.say.line(NAME, "stopped" + ("" if result.clean else " (some exits were not clean: "
                                       f"{result.exit_statuses})"))
     return 0 if result.clean else 1

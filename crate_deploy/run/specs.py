@@ -17,7 +17,8 @@ from typing import cast, get_args
 from crate_deploy.errors import LaunchError
 from crate_deploy.plan.services import Service
 from crate_deploy.run.policy import ProcessSpec
-from crate_deploy.systemd.units import RestartPolicy, UnitError, parse_environment_file
+from crate_deploy.state.envfile import EnvironmentFileError, read_environment_file
+from crate_deploy.systemd.units import RestartPolicy
 
 
 def process_spec(service: Service, base_env: Mapping[str, str]) -> ProcessSpec:
@@ -44,21 +45,11 @@ def process_spec(service: Service, base_env: Mapping[str, str]) -> ProcessSpec:
 def service_environment(service: Service, base_env: Mapping[str, str]) -> dict[str, str]:
     environment = {**base_env, **service.environment}
     for name in service.env_files:
-        path = Path(name)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise LaunchError(f"{service.name}: the environment file {path} does not exist; "
-                              "render again") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LaunchError(f"{service.name}: cannot read the environment file {path} "
-                              f"({type(exc).__name__})") from None
-        try:
-            environment.update(parse_environment_file(text, str(path)))
-        except UnitError:
-            # The parser's message quotes the line, which may hold a secret.
-            raise LaunchError(f"{service.name}: the environment file {path} is malformed: "
-                              "write KEY=value lines") from None
+            environment.update(read_environment_file(Path(name), "the environment file"))
+        except EnvironmentFileError as exc:
+            hint = "; render again" if exc.missing else ""
+            raise LaunchError(f"{service.name}: {exc}{hint}") from None
     for name in service.unset_environment:  # UnsetEnvironment=: applied last, as systemd does
         environment.pop(name, None)
     return environment

@@ -31,7 +31,7 @@ from crate_deploy.plan.placement import runs_flower
 from crate_deploy.plan.restarts import shared_config_files
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import SECRET_REFERENCE, Site
-from crate_deploy.systemd.units import UnitError, parse_environment_file
+from crate_deploy.state.envfile import EnvironmentFileError, read_environment_file
 
 
 @dataclass(frozen=True)
@@ -102,22 +102,13 @@ def read_secrets(site: Site) -> dict[str, str]:
     names = _referenced_names(site)
     values: dict[str, str] = {}
     if site.secrets_file and names - set(os.environ):
-        path = Path(site.secrets_file)
         try:
-            values = parse_environment_file(path.read_text(encoding="utf-8"), str(path))
-        except OSError as exc:
-            raise LaunchError(f"cannot read the secrets file {path} ({exc.strerror}); run as "
-                              "a user who can, or set the variables it holds in the "
-                              "environment") from None
-        except UnicodeDecodeError as exc:
-            raise LaunchError(f"the secrets file {path} is not UTF-8 text (byte {exc.start + 1} "
-                              "cannot be read): save it as UTF-8") from None
-        except UnitError as exc:
-            # Only the line number: the parser's message quotes the line, secret and all.
-            line = re.search(r":(\d+):", str(exc))
-            where = f" at line {line.group(1)}" if line else ""
-            raise LaunchError(f"the secrets file {path} is malformed{where}: write KEY=value "
-                              "lines") from None
+            values = read_environment_file(Path(site.secrets_file), "the secrets file")
+        except EnvironmentFileError as exc:
+            if not exc.unreadable:
+                raise
+            raise LaunchError(f"{exc}; run as a user who can, or set the variables it holds "
+                              "in the environment") from None
     values.update({name: os.environ[name] for name in names if name in os.environ})
     return values
 

@@ -37,18 +37,12 @@ def _choose(site: Site, output_dir: Path) -> tuple[TargetVersions, str | None]:
     stamp = _stamp(executable)
     cached = _cached(output_dir, stamp)
     if cached is not None:
-        return cached, None
+        return replace(cached, stamp=stamp), None
     try:
-        return probe(executable), None
+        return replace(probe(executable), stamp=stamp), None
     except VersionProbeError as exc:
         return NEWEST_KNOWN, (f"{exc}; assuming Celery {NEWEST_KNOWN.celery} (the newest "
                               "known); set celery_version in the site file to choose")
-
-
-def version_stamp(site: Site) -> str | None:
-    """Identifies the target's celery program, so a cached probe is reused only for it."""
-    executable = Path(site.celery_executable)
-    return _stamp(executable) if executable.exists() else None
 
 
 def _stamp(executable: Path) -> str:

@@ -69,7 +69,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +98,10 @@ class TargetVersions:
     kombu: str | None
     flower: str | None
     source: str
+    # For probed versions: what identifies the probed celery program and the venv beside
+    # it (target/probe.py), taken once per render and recorded in each deployment.json
+    # so the next render reuses the probe. Not part of what the versions are.
+    stamp: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

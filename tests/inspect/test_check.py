@@ -3,7 +3,9 @@ application venv (Celery 5.7.0) and real files, users and sockets on this machin
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import socket
 import textwrap
 from collections.abc import Callable, Iterator
@@ -176,20 +178,39 @@ def test_paths_the_hardening_would_hide(tmp_path: Path, shop: Callable[..., Path
                 if f.kind == "hardening"]
 
 
-def test_an_interpreter_the_service_user_cannot_read(tmp_path: Path,
-                                                     shop: Callable[..., Path]) -> None:
+def test_a_directory_the_service_user_cannot_enter_is_said_once_by_service(
+        tmp_path: Path, shop: Callable[..., Path]) -> None:
+    """The working directory (and the program) are service findings, named by service;
+    the path check does not say them again (one owner per check)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to make a directory only root can enter")
-    out = shop(extra="user: nobody\nsystemd: {hardening: false}\n")
+    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+    out = shop(extra=f"user: nobody\ngroup: {group}\nsystemd: {{hardening: false}}\n")
     locked = tmp_path / "work"
     locked.chmod(0o700)
     try:
-        findings = [f.message for f in path_findings(load_deployment(out), sandboxed=True)]
+        findings = [f for f in path_findings(load_deployment(out), sandboxed=True)
+                    if f.severity == "error"]
     finally:
         locked.chmod(0o755)
+    messages = [f.message for f in findings]
     # (the first directory on the way that nobody may enter: pytest's own is 0700 too)
-    assert any(f"user nobody cannot reach working_directory {locked}: " in m and
-               "is mode 0700" in m for m in findings), findings
+    assert any(m.startswith(f"shop-worker-all cannot start: cannot enter the working "
+                            f"directory {locked}: nobody cannot search ") and "mode 0700" in m
+               for m in messages), messages
+    assert not [m for m in messages if "working_directory" in m], messages
+    assert {f.kind for f in findings} == {"access"}, findings
+
+
+def test_a_group_that_does_not_exist_is_named(shop: Callable[..., Path]) -> None:
+    """systemd refuses a unit whose Group= does not exist (216/GROUP): said before."""
+    if os.geteuid() != 0:
+        pytest.skip("only root switches to the units' user")
+    out = shop(extra="user: nobody\ngroup: crate-no-such-group\n")
+    messages = [f.message for f in path_findings(load_deployment(out), sandboxed=False)]
+    assert ("shop-worker-all cannot start: group crate-no-such-group does not exist on this "
+            "machine (the units' Group=; systemd would refuse them with 216/GROUP): set group: "
+            "to one that does") in messages, messages
 
 
 @pytest.fixture
@@ -208,8 +229,12 @@ def test_a_port_held_by_someone_else_and_by_our_own_fleet(
     deployment = load_deployment(out)
     [finding] = port_findings(deployment)
     assert finding.severity == "error"
-    assert finding.message.startswith(f"127.0.0.1:{port} (flower.port) is in use by pid "
-                                       f"{os.getpid()}")
+    # The service, the holder (its name only), the kernel's words: the one port check
+    # that check, launch and launch --systemd share.
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    assert finding.message.startswith(
+        f"shop-flower cannot start: port {port} on 127.0.0.1 (flower.port) is in use by pid "
+        f"{os.getpid()} ({comm}) (OSError: [Errno 98] Address already in use)"), finding.message
     lock = hold_launch_lock(deployment)  # this process is "our" launch, and "our" Flower
     try:
         save_launch_state(deployment, {"shop-flower": os.getpid()})

@@ -187,9 +187,9 @@ def test_launch_runs_the_cheap_checks_first_and_starts_nothing_when_one_fails(
         squatter.listen(1)
         result = run_crate_deploy("launch", str(site.out), "--timeout", "30", timeout=120)
         assert result.returncode == 1, result.stdout + result.stderr
-        # Named by the service whose port it is (run/preflight.py checks it first).
-        assert (f"demo-flower cannot start: port {site.flower_port} on 127.0.0.1 is already "
-                "in use by pid ") in result.stderr, result.stderr
+        # Named by the service whose port it is (check's port finding, its one owner).
+        assert (f"port: demo-flower cannot start: port {site.flower_port} on 127.0.0.1 "
+                "(flower.port) is in use by pid ") in result.stderr, result.stderr
         assert not site.state_file.exists(), "launch started something"
 
 

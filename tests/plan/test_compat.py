@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from crate_deploy.target.versions import TargetVersions
 from tests.conftest import EXAMPLES, MINIMAL, Result
@@ -134,3 +137,51 @@ def test_celery_5_2_on_several_brokers_is_told_to_restart_always(
                   TWO_BROKERS + "    celery_version: '5.2.7'\n    systemd: {restart: always}\n"):
         result = run_cli("validate", write_site(quiet))
         assert result.code == 0 and "warning" not in result.err, result.err
+
+
+def test_render_all_hosts_stamps_the_probed_venv_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stamp (a walk of the venv's site-packages) identifies the probed venv once per
+    render, however many host shares it writes; each share records it, so the next render
+    reuses the probe."""
+    from crate_deploy.commands.render import render_command
+    from crate_deploy.target import probe
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/celery").write_text("#!/usr/bin/python3\n")
+    packages = venv / "lib/python3.11/site-packages"
+    for name in ("celery-5.2.7", "kombu-5.3.7", "flower-2.0.1"):
+        (packages / f"{name}.dist-info").mkdir(parents=True)
+    site = tmp_path / "site.yaml"
+    site.write_text((EXAMPLES / "multi-host.yaml").read_text().replace(
+        "venv: /srv/crate/venv", f"venv: {venv}").replace(
+        'celery_version: "5.2.7"', "").replace('flower_version: "2.0.1"', ""))
+    probed: list[Path] = []
+    stamps: list[Path] = []
+
+    def fake_probe(executable: Path) -> TargetVersions:  # the venv's python is a stand-in
+        probed.append(executable)
+        return TargetVersions("5.2.7", "5.3.7", "2.0.1", "probed")
+
+    real_stamp = probe._stamp
+
+    def counted_stamp(executable: Path) -> str:
+        stamps.append(executable)
+        return real_stamp(executable)
+
+    monkeypatch.setattr(probe, "probe", fake_probe)
+    monkeypatch.setattr(probe, "_stamp", counted_stamp)
+    out = tmp_path / "out"
+    assert render_command(site, out, check=False, show_diff=False, all_hosts=True) == 0
+    shares = sorted(path.parent.name for path in out.glob("hosts/*/deployment.json"))
+    assert len(shares) == 3, shares
+    assert (len(probed), len(stamps)) == (1, 1)
+    recorded = {json.loads((out / "hosts" / share / "deployment.json").read_text())
+                ["versions"]["stamp"] for share in shares}
+    assert recorded == {real_stamp(venv / "bin/celery")}
+    # The next render of a share finds its probe cached under that stamp.
+    stamps.clear()
+    assert render_command(site, out / "hosts" / shares[0], check=False, show_diff=False,
+                          host=shares[0]) == 0
+    assert (len(probed), len(stamps)) == (1, 1)

@@ -1,26 +1,16 @@
-"""How launch tells a certain failure from one a restart may cure, and what it checks
-before starting anything (crate_deploy.run.failure, crate_deploy.run.preflight)."""
+"""How launch tells a certain failure from one a restart may cure (crate_deploy.run.failure),
+and the service names operator commands take. What launch checks before starting anything
+is check's cheap part: tests/inspect/test_access.py, tests/test_check.py."""
 
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crate_deploy.errors import LaunchError, UsageError
+from crate_deploy.errors import UsageError
 from crate_deploy.run.failure import EarlyExits, classify_early_exit
-from crate_deploy.run.policy import ProcessSpec
-from crate_deploy.run.preflight import (
-    Identity,
-    check_before_start,
-    directory_problem,
-    executable_problem,
-    port_problem,
-)
 
 CELERY_52_BAD_APP = """\
 Usage: celery [OPTIONS] COMMAND [ARGS]...
@@ -94,6 +84,19 @@ def test_a_failed_exec_is_certain() -> None:
     assert failure.cause == "[Errno 2] No such file or directory: '/srv/nope/bin/celery'"
 
 
+def test_a_failed_exec_under_systemd_gives_systemds_own_words() -> None:
+    """Under systemd the cause is the manager's line in the unit's journal (203/EXEC)."""
+    lines = ["demo-beat.service: Failed to execute /srv/nope/venv/bin/celery: No such file or "
+             "directory",
+             "demo-beat.service: Failed at step EXEC spawning /srv/nope/venv/bin/celery: No "
+             "such file or directory",
+             "demo-beat.service: Main process exited, code=exited, status=203/EXEC"]
+    failure = classify_early_exit("demo-beat.service", 203, lines)
+    assert failure is not None
+    assert failure.cause == ("Failed at step EXEC spawning /srv/nope/venv/bin/celery: No such "
+                             "file or directory")
+
+
 def test_early_exits_stop_once_and_count_until_ready() -> None:
     stops: list[int] = []
     watch = EarlyExits(lambda name: {"a": ["hm"], "b": NO_FLOWER}[name],
@@ -110,68 +113,6 @@ def test_early_exits_stop_once_and_count_until_ready() -> None:
     stopping = EarlyExits(lambda name: PORT_TAKEN, lambda: stops.append(3), lambda: True)
     stopping.on_exit("b", 1, False)  # what dies while the fleet stops is not the cause
     assert ready.failure is None and stopping.failure is None and stops == [1]
-
-
-# --- preflight -------------------------------------------------------------------------
-
-NOBODY = Identity(65534, frozenset({65534}), "nobody")
-
-
-def _script(path: Path, interpreter: str, mode: int = 0o755) -> Path:
-    path.write_text(f"#!{interpreter}\nprint('hi')\n", encoding="utf-8")
-    path.chmod(mode)
-    return path
-
-
-def test_a_script_whose_interpreter_hides_behind_a_private_directory() -> None:
-    with tempfile.TemporaryDirectory() as name:  # (pytest's tmp_path is in a 0700 one)
-        _check_private_interpreter(Path(name))
-
-
-def _check_private_interpreter(tmp_path: Path) -> None:
-    tmp_path.chmod(0o755)
-    private = tmp_path / "home"
-    private.mkdir(mode=0o700)
-    private.chmod(0o700)
-    python = _script(private / "python", "/bin/sh")
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "python").symlink_to(python)
-    celery = _script(venv / "celery", str(venv / "python"))
-    problem = executable_problem(str(celery), NOBODY)
-    assert problem is not None
-    assert problem.endswith(f"nobody cannot search {private} (mode 0700, owner "
-                            f"{Path(private).owner()})")
-    assert f"{venv / 'python'} links to {python}" in problem
-    me = Identity(os.geteuid(), frozenset({os.getegid()}), "me")
-    assert executable_problem(str(celery), me) is None
-
-
-def test_missing_and_unexecutable_programs(tmp_path: Path) -> None:
-    me = Identity(os.geteuid(), frozenset({os.getegid()}), "me")
-    missing = executable_problem(str(tmp_path / "nope" / "celery"), me)
-    assert missing is not None and "No such file or directory" in missing
-    plain = tmp_path / "plain"
-    plain.write_text("data", encoding="utf-8")
-    plain.chmod(0o644)
-    said = executable_problem(str(plain), me)
-    assert said is not None and "may not execute" in said and "mode 0644" in said
-    assert directory_problem(tmp_path / "nope", me) is not None
-    assert directory_problem(tmp_path, me) is None
-
-
-def test_a_taken_port_names_its_holder_and_check_before_start_names_the_service() -> None:
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen(1)
-        port = squatter.getsockname()[1]
-        problem = port_problem("127.0.0.1", port)
-        assert problem is not None and f"pid {os.getpid()}" in problem
-        assert "Address already in use" in problem
-        spec = ProcessSpec("demo-flower", ["/bin/true"], {})
-        with pytest.raises(LaunchError, match=r"^demo-flower cannot start: port \d+ on"):
-            check_before_start([spec], ("demo-flower", "127.0.0.1", port))
-    assert port_problem("127.0.0.1", port) is None
 
 
 # --- the names operator commands take --------------------------------------------------

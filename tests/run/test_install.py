@@ -8,13 +8,14 @@ whose home is a temporary directory.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.render import render_site
-from crate_deploy.run import install
+from crate_deploy.run import install, unit_watch
 from crate_deploy.run.install import INSTALL_MANIFEST, install_command
 from crate_deploy.site.validate import validate_file
 from crate_deploy.target.versions import NEWEST_KNOWN
@@ -231,7 +232,9 @@ def user_site(tmp_path: Path) -> Path:
     """The demo site, run by the user's own systemd manager."""
     shutil.copytree(EXAMPLES / "demo", tmp_path / "demo")
     site = tmp_path / "demo/site.yaml"
-    site.write_text(site.read_text() + "systemd:\n  scope: user\n")
+    # The venv this test runs in: launch checks that the services' program runs.
+    text = site.read_text().replace("venv: ../../.venv", f"venv: {sys.prefix}")
+    site.write_text(text + "systemd:\n  scope: user\n")
     return site
 
 
@@ -286,8 +289,13 @@ def test_with_a_manager_only_changed_services_restart(
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     site = user_site(tmp_path)
     out = render(site, tmp_path / "out")
-    units = "demo.target demo-worker-quick.service demo-worker-slow.service " \
-            "demo-beat.service demo-flower.service"
+    services = "demo-worker-quick.service demo-worker-slow.service " \
+               "demo-beat.service demo-flower.service"
+    units = f"demo.target {services}"
+    # What is running before anything starts: only what this launch starts is stopped
+    # again on a certain failure.
+    properties = " ".join(f"--property={name}" for name in unit_watch._PROPERTIES)
+    running = f"--user show {properties} {services}"
 
     def launch_live() -> list[str]:
         log.unlink(missing_ok=True)
@@ -296,17 +304,22 @@ def test_with_a_manager_only_changed_services_restart(
         return log.read_text().splitlines()
 
     assert launch_live() == ["--user show --property=Version", "--user daemon-reload",
-                             f"--user --quiet enable {units}", "--user start demo.target"]
+                             f"--user --quiet enable {units}",
+                             f"--user reset-failed {services}", running,
+                             "--user start demo.target"]
     assert "restarted: (nothing)" in capsys.readouterr().out
     site.write_text(site.read_text().replace("concurrency: 2", "concurrency: 3"))
     render(site, out)
     assert launch_live() == ["--user show --property=Version", "--user daemon-reload",
                              f"--user --quiet enable {units}",
+                             f"--user reset-failed {services}", running,
                              "--user try-restart demo-worker-slow.service",
                              "--user start demo.target"]
     assert "restarted: demo-worker-slow.service\n" in capsys.readouterr().out
     assert launch_live() == ["--user show --property=Version",
-                             f"--user --quiet enable {units}", "--user start demo.target"]
+                             f"--user --quiet enable {units}",
+                             f"--user reset-failed {services}", running,
+                             "--user start demo.target"]
     site.write_text(site.read_text().replace("beat:\n  enabled: true", "beat:\n  enabled: false"))
     render(site, out)
     assert "--user --quiet disable --now demo-beat.service" in launch_live()
