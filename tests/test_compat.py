@@ -77,7 +77,10 @@ def test_probed_versions_are_cached_in_the_output(tmp_path: Path) -> None:
 
 def test_installing_flower_in_the_venv_invalidates_the_cached_probe(tmp_path: Path) -> None:
     """`pip install flower` adds site-packages entries but changes nothing in bin/."""
-    from crate_deploy.target.probe import _stamp
+    from crate_deploy.target.stamp import stamp
+
+    def _stamp(path: Path) -> str:
+        return stamp(str(path))
 
     celery = tmp_path / "venv/bin/celery"
     packages = tmp_path / "venv/lib/python3.11/site-packages"
