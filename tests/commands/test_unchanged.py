@@ -385,3 +385,52 @@ def test_the_fast_path_reads_the_command_line_as_click_does(argv: list[str]) -> 
 @pytest.mark.parametrize("argv", REFUSED)
 def test_anything_unusual_on_the_command_line_goes_to_the_full_render(argv: list[str]) -> None:
     assert parse_args(argv) is None
+
+
+AUDIT = """\
+import json, sys
+opened = []
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str):
+        opened.append(args[0])
+    elif event in ("os.listdir", "os.scandir") and isinstance(args[0], str):
+        opened.append(args[0])
+    elif event == "subprocess.Popen":
+        opened.append(str(args[0]))
+
+sys.addaudithook(hook)
+from crate_deploy.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit:
+    pass
+with open(sys.argv[1], "w") as stream:
+    json.dump(opened, stream)
+"""
+
+
+def test_every_file_a_render_reads_is_in_its_record(scenario: Scenario, tmp_path: Path) -> None:
+    """Python's audit hooks see every file a full render opens and every directory it
+    lists: each is crate-deploy's or Python's own, in the output directory, or a question
+    the record holds (so a new read that bypasses crate_deploy/facts.py fails here)."""
+    (scenario.out / RENDER_RECORD_FILE).unlink()
+    log = tmp_path / "opened.json"
+    environment = {**os.environ, "CRATE_DEPLOY_DEBUG": "1"}
+    subprocess.run([sys.executable, "-c", AUDIT, str(log), "render", str(scenario.site),
+                    "-o", str(scenario.out)], check=True, cwd=tmp_path, env=environment)
+    record = json.loads((scenario.out / RENDER_RECORD_FILE).read_text())
+    asked = {argument for _, argument, _ in record["facts"]}
+    venvs = {os.path.dirname(os.path.dirname(os.path.realpath(argument)))
+             for kind, argument, _ in record["facts"] if kind == "stamp"}
+    own = [sys.prefix, sys.base_prefix, str(ROOT / "crate_deploy"), str(ROOT / "templates"),
+           os.path.realpath(scenario.out), *venvs, "/dev/null"]
+    # Relative names are opened in the output directory through its descriptor (the fast
+    # path and the record); the log is the hook's own.
+    paths = [path if path.startswith("/") else str(scenario.out / path)
+             for path in json.loads(log.read_text()) if path != str(log)]
+    unexplained = [path for path in paths
+                   if path not in asked and not any(
+                       os.path.realpath(path) == top or os.path.realpath(path).startswith(
+                           top + "/") for top in own)]
+    assert unexplained == [], unexplained
