@@ -1,4 +1,4 @@
-"""The only code that changes the disk: puts rendered files into the output directory.
+"""The only code that changes the disk (with folders.py): puts rendered files in place.
 
 Like Ansible, each file is reported as created, changed, unchanged or removed; an
 unchanged file is not touched (its mtime stays); files an earlier render produced
@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError, RenderError
+from crate_deploy.folders import DIRECTORY_MODE, Folders, stage_at
 from crate_deploy.locking import take_lock
 from crate_deploy.plan.names import MANIFEST_FILE
 from crate_deploy.render import RenderedFile
-
-DIRECTORY_MODE = 0o755  # the service user reads its config: never 0700 under umask 077
 
 
 @dataclass(frozen=True)
@@ -67,29 +66,35 @@ def plan_changes(output_dir: Path, files: list[RenderedFile]) -> list[FileChange
 
 
 def apply_changes(output_dir: Path, changes: list[FileChange]) -> None:
-    """Make the planned changes: stage every file, then rename them all into place."""
+    """Make the planned changes: stage every file, then rename them all into place (each
+    through its folder's descriptor: folders.py)."""
     if all(change.status == "unchanged" for change in changes):
         return
-    staged: list[tuple[Path, Path]] = []
-    try:
+    make_directories(output_dir)
+    with Folders(output_dir) as folders:
+        staged: list[tuple[int, str, str]] = []  # (folder, temporary name, name)
+        try:
+            for change in changes:
+                if change.status in ("created", "changed") and change.new is not None:
+                    folder, name = folders.of(change.path)
+                    staged.append((folder, stage_at(folder, name, change.new.encode(),
+                                                     change.mode), name))
+            staged.append((folders.top, stage_at(folders.top, MANIFEST_FILE,
+                                                  _manifest(changes), 0o644), MANIFEST_FILE))
+            _sync(output_dir, staged)
+        except OSError as exc:
+            for folder, temporary, _ in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=folder)
+            raise RenderError(f"cannot write into {output_dir}: "
+                              f"{exc.strerror or exc}") from None
+        for folder, temporary, name in staged:
+            os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
         for change in changes:
-            if change.status in ("created", "changed") and change.new is not None:
-                target = _inside(output_dir, change.path)
-                staged.append((_stage(target, change.new.encode(), change.mode, sync=False),
-                               target))
-        manifest = _manifest(changes)
-        staged.append((_stage(output_dir / MANIFEST_FILE, manifest, 0o644, sync=False),
-                       output_dir / MANIFEST_FILE))
-        _sync(output_dir, [temporary for temporary, _ in staged])
-    except OSError as exc:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
-        raise RenderError(f"cannot write into {output_dir}: {exc.strerror or exc}") from None
-    for temporary, target in staged:
-        temporary.replace(target)
-    for change in changes:
-        if change.status == "removed":
-            _inside(output_dir, change.path).unlink(missing_ok=True)
+            if change.status == "removed":
+                folder, name = folders.of(change.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
 
 
 @contextlib.contextmanager
@@ -179,9 +184,10 @@ def _stage(target: Path, content: bytes, mode: int, *, sync: bool = True) -> Pat
     return Path(name)
 
 
-def _sync(directory: Path, staged: list[Path]) -> None:
-    """Put staged files on disk before they are renamed into place: one syncfs(2) for the
-    filesystem (1,000 fsyncs took over a second), else an fsync per file."""
+def _sync(directory: Path, staged: list[tuple[int, str, str]]) -> None:
+    """Put staged files (folder, temporary name, name) on disk before they are renamed into
+    place: one syncfs(2) for the filesystem (1,000 fsyncs took over a second), else an
+    fsync per file."""
     try:
         import ctypes
 
@@ -195,8 +201,8 @@ def _sync(directory: Path, staged: list[Path]) -> None:
                 return
         finally:
             os.close(descriptor)
-    for path in staged:
-        descriptor = os.open(path, os.O_RDONLY)
+    for folder, temporary, _ in staged:
+        descriptor = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
         try:
             os.fsync(descriptor)
         finally:

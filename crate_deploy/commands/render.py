@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from crate_deploy import facts
-from crate_deploy.commands import report, unchanged
+from crate_deploy.commands import render_record, report, unchanged
 from crate_deploy.commands.hosts import render_shares, stale_hosts
 from crate_deploy.commands.provenance import (
     record_site_path,
@@ -82,7 +82,7 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
 
         def record(directory: Path, rendering: Rendering) -> None:
             if not all_hosts and not _probe_failed(site, versions):
-                unchanged.write_record(attempt, ledger, _outcome(
+                render_record.write_record(attempt, ledger, _outcome(
                     site, versions, site_path, directory, rendering, host, target, said))
 
         planned = _plan_and_apply(rendered, site_path, check=check, record=record)
@@ -122,7 +122,7 @@ def _plan_and_apply(rendered: list[tuple[Path, Rendering]], site_path: Path, *, 
 
 def _outcome(site: Site, versions: TargetVersions, site_path: Path, directory: Path,
              rendering: Rendering, host: str | None, target: str,
-             said: list[str]) -> unchanged.Outcome:
+             said: list[str]) -> render_record.Outcome:
     """What a render of this site, now written, prints when run again: the same warnings,
     the notes as they now stand (a queue's changed arguments were noted once), every file
     unchanged, no service to restart."""
@@ -130,7 +130,7 @@ def _outcome(site: Site, versions: TargetVersions, site_path: Path, directory: P
     changes = [FileChange(file.path, "unchanged", file.content, file.content, file.mode)
                for file in rendering.files]
     services = rendered_service_changes(site, changes).as_dict()
-    return unchanged.Outcome(
+    return render_record.Outcome(
         site=str(site_path), directory=str(directory), host=host, target=target,
         files=[(file.path, file.mode, file.content) for file in rendering.files],
         manifest=MANIFEST_FILE, state_files=[SITE_PATH_FILE],

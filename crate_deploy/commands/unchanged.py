@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
 
-from crate_deploy import facts, template_dirs
+from crate_deploy import facts
 from crate_deploy.commands import report
+from crate_deploy.commands.render_inputs import input_digests
 
 # Neither dataclasses, typing nor contextlib: 10-15 ms of imports the fast path avoids.
 TYPE_CHECKING = False
@@ -106,22 +105,23 @@ def fast_render(argv: list[str]) -> int | None:
     _pending = None
     args = parse_args(argv)
     if args is None:
-        _debug("the fast path steps aside: options it does not handle")
+        debug("the fast path steps aside: options it does not handle")
         return None
     if os.environ.get("CRATE_DEPLOY_FAST_PATH", "1") == "0":
-        _debug("the fast path steps aside: CRATE_DEPLOY_FAST_PATH=0")
+        debug("the fast path steps aside: CRATE_DEPLOY_FAST_PATH=0")
         return None
-    attempt = Attempt(args, input_digests(args))
-    _pending = attempt
     try:
+        attempt = Attempt(args, input_digests(args.site, args.directory, args.host,
+                                              args.target))
+        _pending = attempt
         errors, lines = _answer(attempt)
     except StepAside as reason:
-        _debug(f"the fast path steps aside: {reason}")
+        debug(f"the fast path steps aside: {reason}")
         return None
     except Exception as exc:  # any doubt: the full render decides
-        _debug(f"the fast path steps aside: {type(exc).__name__}: {exc}")
+        debug(f"the fast path steps aside: {type(exc).__name__}: {exc}")
         return None
-    _debug(f"the fast path answered: nothing changed since the record in {args.directory}")
+    debug(f"the fast path answered: nothing changed since the record in {args.directory}")
     _pending = None
     _write(sys.stderr, errors)
     _write(sys.stdout, lines)
@@ -168,63 +168,6 @@ def _plain(text: str) -> bool:
     return bool(text) and text.isascii() and text.isprintable()
 
 
-# --- what a render depends on beyond the facts ------------------------------------------
-
-
-def input_digests(args: RenderArgs) -> dict[str, str]:
-    """A digest of each kind of input the facts do not cover."""
-    user = [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())]
-    parts: dict[str, Any] = {
-        "crate-deploy": _package_state(),
-        "python": [sys.executable, sys.version, repr(sys.flags),
-                   [_path_state(entry) for entry in sys.path]],
-        "command": [args.site, args.directory, args.host, args.target],
-        "working directory": os.getcwd(),
-        "user": user,
-        "environment": os.environ.get("PYDANTIC_DISABLE_PLUGINS"),
-    }
-    return {name: hashlib.sha256(json.dumps(value).encode()).hexdigest()
-            for name, value in parts.items()}
-
-
-def _path_state(entry: str) -> str:
-    try:
-        info = os.stat(entry or ".")
-    except OSError as exc:
-        return f"{entry}: {exc.errno}"
-    return f"{entry}:{info.st_mtime_ns}:{info.st_ino}:{info.st_dev}"
-
-
-def _package_state() -> str:
-    """Every file of the crate_deploy package and of the templates the render uses:
-    path, size, mtime, ctime (which no one can set back), inode."""
-    import crate_deploy
-
-    package = os.path.dirname(os.path.realpath(crate_deploy.__file__))
-    templates = next((path for path in template_dirs() if os.path.isdir(path)), "")
-    lines = [package, templates, *_tree(package)]
-    if templates and not templates.startswith(package + os.sep):
-        lines.extend(_tree(templates))
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def _tree(top: str) -> Iterator[str]:
-    with os.scandir(top) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)
-    for entry in entries:
-        if entry.name == "__pycache__":
-            continue
-        if entry.is_symlink():
-            # Followed by imports and by Jinja, but not walked here: never vouch for it.
-            raise StepAside(f"{entry.path} is a symbolic link")
-        if entry.is_dir():
-            yield from _tree(entry.path)
-            continue
-        info = entry.stat()
-        yield (f"{entry.path}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:"
-               f"{info.st_ino}:{info.st_dev}")
-
-
 # --- answering from the record -----------------------------------------------------------
 
 
@@ -250,7 +193,7 @@ def _answer(attempt: Attempt) -> tuple[list[str], list[str]]:
 
 def _read_record(directory: int) -> dict[str, Any]:
     try:
-        data, info = _read_at(directory, RENDER_RECORD_FILE)
+        data, info = read_at(directory, RENDER_RECORD_FILE)
     except FileNotFoundError:
         raise StepAside("no record of a render there") from None
     except OSError as exc:
@@ -295,7 +238,7 @@ def _same_outputs(record: dict[str, Any], directory: int) -> None:
             folder, _, name = path.rpartition("/")
             parent = _subdirectory(directory, folder, subdirectories) if folder else directory
             try:
-                data, info = _read_at(parent, name)
+                data, info = read_at(parent, name)
             except OSError:
                 raise StepAside(f"output changed: {path}") from None
             if info.st_mode & 0o777 != mode or facts.digest(data, key) != digest:
@@ -305,7 +248,7 @@ def _same_outputs(record: dict[str, Any], directory: int) -> None:
             os.close(descriptor)
     for name, digest in record["state_files"]:
         try:
-            data, _ = _read_at(directory, name)
+            data, _ = read_at(directory, name)
         except OSError:
             raise StepAside(f"output changed: {name}") from None
         if facts.digest(data, key) != digest:
@@ -330,7 +273,7 @@ def _subdirectory(directory: int, folder: str, opened: dict[str, int]) -> int:
     return opened[folder]
 
 
-def _read_at(directory: int, name: str) -> tuple[bytes, os.stat_result]:
+def read_at(directory: int, name: str) -> tuple[bytes, os.stat_result]:
     """A regular file's bytes and status, opened without following a symbolic link."""
     descriptor = os.open(name, _FILE_FLAGS, dir_fd=directory)
     try:
@@ -374,111 +317,7 @@ def _write(stream: Any, lines: list[str]) -> None:
     stream.flush()
 
 
-def _debug(message: str) -> None:
+def debug(message: str) -> None:
     if os.environ.get("CRATE_DEPLOY_DEBUG"):
         sys.stderr.write(f"crate-deploy: debug: {message}\n")
         sys.stderr.flush()
-
-
-# --- the record, written by the full render -----------------------------------------------
-
-
-class Outcome:
-    """What a full render that wrote one directory leaves for the next to compare with:
-    the site file and output directory as it read them, --host and --target; (path, mode,
-    content) of every rendered file; what a render of the unchanged site prints on stderr,
-    and the report's facts (directory, paths, celery, source, services)."""
-
-    def __init__(self, site: str, directory: str, host: str | None, target: str, *,
-                 files: list[tuple[str, int, str]], manifest: str, state_files: list[str],
-                 stderr: list[str], report: dict[str, Any]) -> None:
-        self.site, self.directory, self.host, self.target = site, directory, host, target
-        self.files, self.manifest, self.state_files = files, manifest, state_files
-        self.stderr, self.report = stderr, report
-
-
-def write_record(attempt: Attempt | None, ledger: facts.Ledger, outcome: Outcome) -> str:
-    """Leave the record in the output directory, or say why not (empty when written)."""
-    why_not = _unrecordable(attempt, ledger, outcome)
-    if why_not or attempt is None:
-        _debug(f"no record: {why_not}")
-        return why_not
-    directory = outcome.directory
-    key = ledger.key
-    if not _manifest_lists(os.path.join(directory, outcome.manifest),
-                           {path for path, _, _ in outcome.files}):
-        return "the manifest lists files this render did not write"
-    state_files = []
-    for name in [outcome.manifest, *outcome.state_files]:
-        try:
-            state_files.append([name, facts.digest(_read_at_path(os.path.join(directory, name)),
-                                                   key)])
-        except OSError:
-            return f"cannot read {name}"
-    document = {
-        "format": FORMAT,
-        "key": key.hex(),
-        "inputs": attempt.inputs,
-        "facts": [[kind, argument, list(answer)] for kind, argument, answer in ledger.listed()],
-        "files": [[path, mode, facts.digest(content.encode(), key)]
-                  for path, mode, content in outcome.files],
-        "state_files": state_files,
-        "stderr": outcome.stderr,
-        "report": outcome.report,
-    }
-    try:
-        _replace(os.path.join(directory, RENDER_RECORD_FILE), json.dumps(document).encode())
-    except OSError as exc:  # the render itself is done: the next one is simply not fast
-        _debug(f"no record: {exc}")
-        return f"cannot write the record: {exc.strerror}"
-    return ""
-
-
-def _unrecordable(attempt: Attempt | None, ledger: facts.Ledger, outcome: Outcome) -> str:
-    if attempt is None:
-        return "not started from the command line (or an option the fast path leaves alone)"
-    args = attempt.args
-    same = (os.path.normpath(args.site) == os.path.normpath(outcome.site)
-            and os.path.normpath(args.directory) == os.path.normpath(outcome.directory)
-            and (args.host, args.target) == (outcome.host, outcome.target))
-    if not same:
-        return "the command line is not the one the fast path read"
-    if ledger.unstable:
-        return "an input changed during the render"
-    return ""
-
-
-def _manifest_lists(path: str, paths: set[str]) -> bool:
-    """The manifest lists exactly `paths`: a file it lists beyond them, gone today, would
-    be "removed" by a render if it came back, which no record could tell."""
-    try:
-        listed = json.loads(_read_at_path(path).decode("utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return isinstance(listed, dict) and set(listed) == paths
-
-
-def _read_at_path(path: str) -> bytes:
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return _read_at(directory, os.path.basename(path))[0]
-    finally:
-        os.close(directory)
-
-
-def _replace(path: str, data: bytes) -> None:
-    """Write the record beside its place (0600 from the start), then rename it there."""
-    import contextlib
-    import tempfile
-
-    descriptor, temporary = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.",
-                                             dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), RECORD_MODE)
-            handle.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
