@@ -34,7 +34,7 @@ class Ledger:
     def __init__(self) -> None:
         self.key = os.urandom(16)  # of the digests of file contents
         self.facts: dict[tuple[str, str], Answer] = {}
-        self.unstable = False  # one question got two answers: the disk changed mid-render
+        self.doubt = ""  # why this render must leave no record (empty: it may)
         self._outer: Ledger | None = None
 
     def __enter__(self) -> Ledger:
@@ -49,7 +49,7 @@ class Ledger:
     def note(self, kind: str, argument: str, answer: Answer) -> None:
         first = self.facts.setdefault((kind, argument), answer)
         if first != answer:
-            self.unstable = True
+            self.doubt = f"{kind} {argument} changed during the render"
 
     def listed(self) -> list[Fact]:
         return [(kind, argument, answer) for (kind, argument), answer in self.facts.items()]

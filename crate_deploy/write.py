@@ -18,7 +18,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +48,10 @@ def plan_changes(output_dir: Path, files: list[RenderedFile]) -> list[FileChange
     """What writing `files` would do, without doing it."""
     owned = _read_manifest(output_dir)
     changes = []
+    folders: dict[str, set[str] | None] = {}  # each folder's names, listed once
     for file in files:
-        target = _inside(output_dir, file.path)
-        old = _read_text(target)
+        target = _inside(output_dir, file.path, folders)
+        old = None if _absent(output_dir, file.path, folders) else _read_text(target)
         if old is not None and file.path not in owned:
             raise RenderError(f"{target} exists and was not written by crate-deploy; move it "
                               "away or render into another directory (-o)")
@@ -232,15 +233,31 @@ def _read_manifest(output_dir: Path) -> dict[str, str]:
     return {str(path): str(digest) for path, digest in files.items()}
 
 
-def _inside(output_dir: Path, relative: str) -> Path:
+def _absent(output_dir: Path, relative: str, folders: dict[str, set[str] | None]) -> bool:
+    """relative is surely not there: its folder's listing (read once) lacks it. A new
+    directory of 1,000 files is two listings, not 1,000 failed opens; anything unsure (the
+    folder unreadable) is left to _read_text."""
+    folder, _, name = relative.rpartition("/")
+    if folder not in folders:
+        try:
+            folders[folder] = set(os.listdir(output_dir / folder))  # noqa: PTH208 - names
+        except (FileNotFoundError, NotADirectoryError):
+            folders[folder] = set()
+        except OSError:
+            folders[folder] = None
+    listed = folders[folder]
+    return listed is not None and name not in listed
+
+
+def _inside(output_dir: Path, relative: str, checked: Container[str] = ()) -> Path:
     """output_dir/relative, refusing a way out: "..", an absolute path, or a directory on
     the way that is a symbolic link (a manifest entry through one would make us write or
-    delete wherever it points)."""
+    delete wherever it points); folders in `checked` were looked at already."""
     path = output_dir / relative
     if ".." in Path(relative).parts or Path(relative).is_absolute():
         raise RenderError(f"refusing to write outside {output_dir}: {relative}")
     for parent in list(Path(relative).parents)[:-1]:
-        if (output_dir / parent).is_symlink():
+        if str(parent) not in checked and (output_dir / parent).is_symlink():
             raise RenderError(f"{output_dir / parent} is a symbolic link: crate-deploy neither "
                               "writes nor deletes through one; remove it and render again")
     return path

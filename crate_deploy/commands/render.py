@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -61,7 +63,8 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
                    as_json: bool = False, host: str | None = None, all_hosts: bool = False,
                    force: bool = False, verbose: bool = False, target: str = "systemd") -> int:
     attempt = unchanged.take_pending()  # what the fast path saw before it stepped aside
-    with facts.recording() as ledger:  # every input read from here on, for the record
+    # Every input read from here on, and any Python warning, for the record.
+    with facts.recording() as ledger, _noting_warnings(ledger):
         said: list[str] = []  # stderr before the notes: what a re-render says again
         validated, versions = _validated(site_path, output_dir, said)
         check_target(validated, target)
@@ -138,6 +141,23 @@ def _outcome(site: Site, versions: TargetVersions, site_path: Path, directory: P
         report={"directory": str(directory), "celery": versions.celery,
                 "source": versions.source, "services": services,
                 "paths": [str(directory / file.path) for file in rendering.files]})
+
+
+@contextlib.contextmanager
+def _noting_warnings(ledger: facts.Ledger) -> Iterator[None]:
+    """A Python warning printed during the render (a library's deprecation, say) is not in
+    the record's words: such a render leaves no record, and the next one is full too."""
+    shown = warnings.showwarning
+
+    def noting(*args: Any, **kwargs: Any) -> None:
+        ledger.doubt = "a Python warning was printed"
+        shown(*args, **kwargs)
+
+    warnings.showwarning = noting
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _probe_failed(site: Site, versions: TargetVersions) -> bool:

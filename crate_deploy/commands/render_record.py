@@ -86,8 +86,8 @@ def _unrecordable(attempt: Attempt | None, ledger: facts.Ledger, outcome: Outcom
             and (args.host, args.target) == (outcome.host, outcome.target))
     if not same:
         return "the command line is not the one the fast path read"
-    if ledger.unstable:
-        return "an input changed during the render"
+    if ledger.doubt:
+        return ledger.doubt
     return ""
 
 

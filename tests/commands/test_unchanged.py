@@ -434,3 +434,23 @@ def test_every_file_a_render_reads_is_in_its_record(scenario: Scenario, tmp_path
                        os.path.realpath(path) == top or os.path.realpath(path).startswith(
                            top + "/") for top in own)]
     assert unexplained == [], unexplained
+
+
+def test_a_render_that_printed_a_python_warning_leaves_no_record(
+        scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record holds the render's own words; a library's warning is not among them."""
+    import warnings
+
+    from crate_deploy.commands import render
+    from crate_deploy.site.validate import ValidatedSite, check_target
+
+    def warning_check(validated: ValidatedSite, target: str) -> None:
+        warnings.warn("a library's deprecation", UserWarning, stacklevel=1)
+        check_target(validated, target)
+
+    monkeypatch.setattr(render, "check_target", warning_check)
+    (scenario.out / RENDER_RECORD_FILE).unlink()
+    with pytest.warns(UserWarning, match="deprecation"):
+        result = scenario.render()
+    assert "crate-deploy: debug: no record: a Python warning was printed" in result.err
+    assert not (scenario.out / RENDER_RECORD_FILE).exists()
