@@ -79,6 +79,29 @@ def test_an_unchanged_example_reads_the_same_from_both_paths(
         assert "0 file(s)" in fast.out or '"changed": 0' in fast.out
 
 
+def test_the_program_prints_the_same_in_the_same_order_either_way(tmp_path: Path) -> None:
+    """Through the real program, stderr and stdout into one pipe: the same bytes, in the
+    same order (the notes first), from the fast path and from the full render."""
+    program = str(Path(sys.executable).parent / "crate-deploy")
+    out = tmp_path / "out"
+    site = EXAMPLES / "demo/site.yaml"  # a probed venv, notes and warnings on stderr
+    subprocess.run([program, "render", str(site), "-o", str(out)], check=True,
+                   capture_output=True, cwd=tmp_path)
+    for flags in ([], ["--check", "-v"], ["--diff", "--json"]):
+        outputs = []
+        for fast_path in ("1", "0"):
+            environment = {**os.environ, "CRATE_DEPLOY_FAST_PATH": fast_path,
+                           "CRATE_DEPLOY_DEBUG": "1"}
+            outputs.append(subprocess.run(
+                [program, "render", str(site), "-o", str(out), *flags], env=environment,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, check=False))
+        fast, full = outputs
+        assert ANSWERED.encode() in fast.stdout
+        assert (fast.returncode, without_debug(fast.stdout.decode())) == (
+            full.returncode, without_debug(full.stdout.decode())), flags
+        assert b"0 file(s)" in fast.stdout or b'"changed": 0' in fast.stdout
+
+
 def test_the_fast_path_loads_neither_the_models_nor_jinja_nor_click(tmp_path: Path) -> None:
     out = tmp_path / "out"
     program = Path(sys.executable).parent / "crate-deploy"
