@@ -255,7 +255,6 @@ def _same_outputs(record: dict[str, Any], directory: int) -> None:
             raise StepAside(f"output changed: {name}")
 
 
-
 def _subdirectory(directory: int, folder: str, opened: dict[str, int]) -> int:
     """A folder of the output directory, never through a symbolic link (as write.py)."""
     if folder not in opened:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -477,3 +478,33 @@ def test_a_render_that_printed_a_python_warning_leaves_no_record(
         result = scenario.render()
     assert "crate-deploy: debug: no record: a Python warning was printed" in result.err
     assert not (scenario.out / RENDER_RECORD_FILE).exists()
+
+
+FILESYSTEM_QUESTIONS = re.compile(
+    r"\.exists\(|\.resolve\(|\.is_file\(|\.is_dir\(|\.is_symlink\(|os\.path\.realpath|"
+    r"\.stat\(|os\.access|os\.path\.exists|os\.path\.isdir|os\.listdir|\.iterdir\(|\.glob\(|"
+    r"read_text|read_bytes|open\(")
+# Where the render pipeline may ask the filesystem without crate_deploy/facts.py, and why
+# the record still covers the answer.
+ASKED_ELSEWHERE = {
+    "render/jinja.py": "which templates directory: the package's files are an input",
+    "render/kubernetes.py": "a probe's command line (text), not a question",
+    "target/stamp.py": "the venv stamp itself (facts.venv_stamp notes its answer)",
+    "target/versions.py": "the probe, run only when deployment.json has no answer for the "
+                          "venv's stamp (both in the record)",
+    "target/probe.py": "deployment.json, an output file in the record",
+}
+
+
+def test_the_render_pipeline_asks_the_filesystem_through_facts() -> None:
+    """The audit-hook test sees opens and listings, not stat-only questions (exists,
+    resolve): in site/, plan/, render/ and target/ every such question goes through
+    crate_deploy/facts.py, or is listed above with the reason the record covers it."""
+    package = ROOT / "crate_deploy"
+    found = set()
+    for folder in ("site", "plan", "render", "target"):
+        for module in (package / folder).glob("*.py"):
+            code = "\n".join(line.split("#")[0] for line in module.read_text().splitlines())
+            if FILESYSTEM_QUESTIONS.search(re.sub(r"facts\.\w+\(", "(", code)):
+                found.add(str(module.relative_to(package)))
+    assert found == set(ASKED_ELSEWHERE)
