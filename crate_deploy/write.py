@@ -1,4 +1,4 @@
-"""The only code that changes the disk: puts rendered files into the output directory.
+"""The only code that changes the disk (with folders.py): puts rendered files in place.
 
 Like Ansible, each file is reported as created, changed, unchanged or removed; an
 unchanged file is not touched (its mtime stays); files an earlier render produced
@@ -18,16 +18,15 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from crate_deploy.errors import LaunchError, RenderError
+from crate_deploy.folders import DIRECTORY_MODE, Folders, stage_at
 from crate_deploy.locking import take_lock
 from crate_deploy.plan.names import MANIFEST_FILE
 from crate_deploy.render import RenderedFile
-
-DIRECTORY_MODE = 0o755  # the service user reads its config: never 0700 under umask 077
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,10 @@ def plan_changes(output_dir: Path, files: list[RenderedFile]) -> list[FileChange
     """What writing `files` would do, without doing it."""
     owned = _read_manifest(output_dir)
     changes = []
+    folders: dict[str, set[str] | None] = {}  # each folder's names, listed once
     for file in files:
-        target = _inside(output_dir, file.path)
-        old = _read_text(target)
+        target = _inside(output_dir, file.path, folders)
+        old = None if _absent(output_dir, file.path, folders) else _read_text(target)
         if old is not None and file.path not in owned:
             raise RenderError(f"{target} exists and was not written by crate-deploy; move it "
                               "away or render into another directory (-o)")
@@ -67,29 +67,35 @@ def plan_changes(output_dir: Path, files: list[RenderedFile]) -> list[FileChange
 
 
 def apply_changes(output_dir: Path, changes: list[FileChange]) -> None:
-    """Make the planned changes: stage every file, then rename them all into place."""
+    """Make the planned changes: stage every file, then rename them all into place (each
+    through its folder's descriptor: folders.py)."""
     if all(change.status == "unchanged" for change in changes):
         return
-    staged: list[tuple[Path, Path]] = []
-    try:
+    make_directories(output_dir)
+    with Folders(output_dir) as folders:
+        staged: list[tuple[int, str, str]] = []  # (folder, temporary name, name)
+        try:
+            for change in changes:
+                if change.status in ("created", "changed") and change.new is not None:
+                    folder, name = folders.of(change.path)
+                    staged.append((folder, stage_at(folder, name, change.new.encode(),
+                                                     change.mode), name))
+            staged.append((folders.top, stage_at(folders.top, MANIFEST_FILE,
+                                                  _manifest(changes), 0o644), MANIFEST_FILE))
+            _sync(output_dir, staged)
+        except OSError as exc:
+            for folder, temporary, _ in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=folder)
+            raise RenderError(f"cannot write into {output_dir}: "
+                              f"{exc.strerror or exc}") from None
+        for folder, temporary, name in staged:
+            os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
         for change in changes:
-            if change.status in ("created", "changed") and change.new is not None:
-                target = _inside(output_dir, change.path)
-                staged.append((_stage(target, change.new.encode(), change.mode, sync=False),
-                               target))
-        manifest = _manifest(changes)
-        staged.append((_stage(output_dir / MANIFEST_FILE, manifest, 0o644, sync=False),
-                       output_dir / MANIFEST_FILE))
-        _sync(output_dir, [temporary for temporary, _ in staged])
-    except OSError as exc:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
-        raise RenderError(f"cannot write into {output_dir}: {exc.strerror or exc}") from None
-    for temporary, target in staged:
-        temporary.replace(target)
-    for change in changes:
-        if change.status == "removed":
-            _inside(output_dir, change.path).unlink(missing_ok=True)
+            if change.status == "removed":
+                folder, name = folders.of(change.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
 
 
 @contextlib.contextmanager
@@ -179,9 +185,10 @@ def _stage(target: Path, content: bytes, mode: int, *, sync: bool = True) -> Pat
     return Path(name)
 
 
-def _sync(directory: Path, staged: list[Path]) -> None:
-    """Put staged files on disk before they are renamed into place: one syncfs(2) for the
-    filesystem (1,000 fsyncs took over a second), else an fsync per file."""
+def _sync(directory: Path, staged: list[tuple[int, str, str]]) -> None:
+    """Put staged files (folder, temporary name, name) on disk before they are renamed into
+    place: one syncfs(2) for the filesystem (1,000 fsyncs took over a second), else an
+    fsync per file."""
     try:
         import ctypes
 
@@ -195,8 +202,8 @@ def _sync(directory: Path, staged: list[Path]) -> None:
                 return
         finally:
             os.close(descriptor)
-    for path in staged:
-        descriptor = os.open(path, os.O_RDONLY)
+    for folder, temporary, _ in staged:
+        descriptor = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
         try:
             os.fsync(descriptor)
         finally:
@@ -226,15 +233,31 @@ def _read_manifest(output_dir: Path) -> dict[str, str]:
     return {str(path): str(digest) for path, digest in files.items()}
 
 
-def _inside(output_dir: Path, relative: str) -> Path:
+def _absent(output_dir: Path, relative: str, folders: dict[str, set[str] | None]) -> bool:
+    """relative is surely not there: its folder's listing (read once) lacks it. A new
+    directory of 1,000 files is two listings, not 1,000 failed opens; anything unsure (the
+    folder unreadable) is left to _read_text."""
+    folder, _, name = relative.rpartition("/")
+    if folder not in folders:
+        try:
+            folders[folder] = set(os.listdir(output_dir / folder))  # noqa: PTH208 - names
+        except (FileNotFoundError, NotADirectoryError):
+            folders[folder] = set()
+        except OSError:
+            folders[folder] = None
+    listed = folders[folder]
+    return listed is not None and name not in listed
+
+
+def _inside(output_dir: Path, relative: str, checked: Container[str] = ()) -> Path:
     """output_dir/relative, refusing a way out: "..", an absolute path, or a directory on
     the way that is a symbolic link (a manifest entry through one would make us write or
-    delete wherever it points)."""
+    delete wherever it points); folders in `checked` were looked at already."""
     path = output_dir / relative
     if ".." in Path(relative).parts or Path(relative).is_absolute():
         raise RenderError(f"refusing to write outside {output_dir}: {relative}")
     for parent in list(Path(relative).parents)[:-1]:
-        if (output_dir / parent).is_symlink():
+        if str(parent) not in checked and (output_dir / parent).is_symlink():
             raise RenderError(f"{output_dir / parent} is a symbolic link: crate-deploy neither "
                               "writes nor deletes through one; remove it and render again")
     return path

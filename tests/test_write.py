@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from crate_deploy.commands.unchanged import RENDER_RECORD_FILE
 from crate_deploy.errors import RenderError
 from crate_deploy.render import RenderedFile
 from crate_deploy.write import apply_changes, plan_changes
@@ -15,8 +16,11 @@ from tests.conftest import MINIMAL, Result
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file below directory, bytes and mtime; but the render record, which a full
+    render rewrites each time for the next one's fast path (tests/commands/test_unchanged.py),
+    and which nothing launched reads."""
     return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != RENDER_RECORD_FILE}
 
 
 def statuses(result: Result) -> dict[str, str]:

@@ -1,1 +1,2 @@
-"""Command functions: each returns the exit code; cli.py parses arguments and calls them."""
+"""Command functions: each returns the exit code; group.py holds their options (click),
+cli.py runs them and turns errors into exit codes."""

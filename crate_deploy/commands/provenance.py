@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from crate_deploy import facts
 from crate_deploy.errors import RenderError
 from crate_deploy.plan.names import DEPLOYMENT_FILE, SITE_PATH_FILE
 from crate_deploy.state.deployment import recorded_site_path
@@ -23,7 +24,7 @@ from crate_deploy.write import write_file_atomically
 
 def source_name(site_path: Path) -> str:
     """The site file's name, as one printable line (it goes into unit comments)."""
-    text = site_path.resolve().name
+    text = Path(facts.resolve(site_path)).name
     return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
@@ -45,5 +46,6 @@ def refuse_foreign_site(output_dir: Path, project: str) -> None:
 def record_site_path(output_dir: Path, site_path: Path) -> None:
     """Note where the rendered site file lies, for `drift` run from anywhere (rewritten
     only when it moved: an unchanged render touches nothing)."""
-    if recorded_site_path(output_dir) != site_path.resolve():
-        write_file_atomically(output_dir / SITE_PATH_FILE, f"{site_path.resolve()}\n")
+    resolved = Path(facts.resolve(site_path))
+    if recorded_site_path(output_dir) != resolved:
+        write_file_atomically(output_dir / SITE_PATH_FILE, f"{resolved}\n")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
+from crate_deploy import facts
+from crate_deploy.commands import render_record, report, unchanged
 from crate_deploy.commands.hosts import render_shares, stale_hosts
 from crate_deploy.commands.provenance import (
     record_site_path,
@@ -21,7 +26,12 @@ from crate_deploy.commands.review import (
     rendered_service_changes,
 )
 from crate_deploy.errors import CrateDeployError, UsageError
-from crate_deploy.plan.names import DEFAULT_OUTPUT_DIR, DEPLOYMENT_FILE
+from crate_deploy.plan.names import (
+    DEFAULT_OUTPUT_DIR,
+    DEPLOYMENT_FILE,
+    MANIFEST_FILE,
+    SITE_PATH_FILE,
+)
 from crate_deploy.render import Rendering, render_site
 from crate_deploy.secrets import Masker
 from crate_deploy.site.model import PATH_PATTERN, Site
@@ -42,7 +52,7 @@ _COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchange
 def validate_command(site_path: Path) -> int:
     # The probe of the target's versions is cached in a render's deployment.json; validate
     # takes no output directory, so it reuses the default one's cache when there is one.
-    validated, versions = _validated(site_path, DEFAULT_OUTPUT_DIR)
+    validated, versions = _validated(site_path, DEFAULT_OUTPUT_DIR, None)
     site = validated.site
     click.echo(f"{site_path}: valid ({len(site.workers)} worker pool(s), {len(site.queues)} "
                f"queue(s); for Celery {versions.celery}, {versions.source})")
@@ -52,42 +62,53 @@ def validate_command(site_path: Path) -> int:
 def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff: bool,
                    as_json: bool = False, host: str | None = None, all_hosts: bool = False,
                    force: bool = False, verbose: bool = False, target: str = "systemd") -> int:
-    validated, versions = _validated(site_path, output_dir)
-    check_target(validated, target)
-    site = validated.site
-    notes = stale_hosts(site, output_dir) if all_hosts else []
-    rendered: list[tuple[Path, Rendering]] = []
-    for share, directory in render_shares(site, output_dir, host, all_hosts):
-        if not force:
-            refuse_foreign_site(directory, site.project)
-        rendering = _render(validated, versions, site_path, directory, share=share,
-                            target=target, warn=True)
-        notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
-                  if note not in notes]
-        rendered.append((directory, rendering))
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
-    mask = _masker(site) if show_diff else None
-    planned = _plan_and_apply(rendered, site_path, check=check)
+    attempt = unchanged.take_pending()  # what the fast path saw before it stepped aside
+    # Every input read from here on, and any Python warning, for the record.
+    with facts.recording() as ledger, _noting_warnings(ledger):
+        said: list[str] = []  # stderr before the notes: what a re-render says again
+        validated, versions = _validated(site_path, output_dir, said)
+        check_target(validated, target)
+        site = validated.site
+        notes = stale_hosts(site, output_dir) if all_hosts else []
+        rendered: list[tuple[Path, Rendering]] = []
+        for share, directory in render_shares(site, output_dir, host, all_hosts):
+            if not force:
+                refuse_foreign_site(directory, site.project)
+            rendering = _render(validated, versions, site_path, directory, share=share,
+                                target=target, said=said)
+            notes += [note for note in [*rendering.notes, *_changed_queues(site, directory)]
+                      if note not in notes]
+            rendered.append((directory, rendering))
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        mask = _masker(site) if show_diff else None
+
+        def record(directory: Path, rendering: Rendering) -> None:
+            if not all_hosts and not _probe_failed(site, versions):
+                render_record.write_record(attempt, ledger, _outcome(
+                    site, versions, site_path, directory, rendering, host, target, said))
+
+        planned = _plan_and_apply(rendered, site_path, check=check, record=record)
     total = sum(len(changes) for _, changes in planned)
     changed = sum(change.status != "unchanged" for _, changes in planned for change in changes)
     if not as_json:  # after writing: a failure prints its error, not "created" lines
         _report(planned, mask, services=check or show_diff, site=site, verbose=verbose)
     if as_json:  # once written, so that "written": true is true
         click.echo(_json_reports(site, planned, written=not check, mask=mask))
-    elif check:
-        click.echo(f"check: {changed} file(s) would change; nothing written")
     else:
-        click.echo(f"{changed} file(s) changed, {total - changed} unchanged in {output_dir} "
-                   f"(for Celery {versions.celery}, {versions.source})")
+        click.echo(report.summary_line(check=check, changed=changed, total=total,
+                                       directory=str(output_dir), celery=versions.celery,
+                                       source=versions.source))
     return 1 if check and changed else 0
 
 
-def _plan_and_apply(rendered: list[tuple[Path, Rendering]], site_path: Path, *,
-                    check: bool) -> list[tuple[Path, list[FileChange]]]:
+def _plan_and_apply(rendered: list[tuple[Path, Rendering]], site_path: Path, *, check: bool,
+                    record: Callable[[Path, Rendering], None] | None = None,
+                    ) -> list[tuple[Path, list[FileChange]]]:
     """Each directory's changes, written unless checking, one render at a time per
     directory (two at once mixed two sites' files); a check waits for a render in
-    progress, and creates nothing."""
+    progress, and creates nothing. Once a directory is written, `record` notes it for
+    the next render's fast path (under the lock)."""
     planned = []
     with contextlib.ExitStack() as locks:
         for directory, rendering in rendered:
@@ -96,8 +117,57 @@ def _plan_and_apply(rendered: list[tuple[Path, Rendering]], site_path: Path, *,
             if not check:
                 apply_changes(directory, changes)
                 record_site_path(directory, site_path)
+                if record is not None:
+                    record(directory, rendering)
             planned.append((directory, changes))
     return planned
+
+
+def _outcome(site: Site, versions: TargetVersions, site_path: Path, directory: Path,
+             rendering: Rendering, host: str | None, target: str,
+             said: list[str]) -> render_record.Outcome:
+    """What a render of this site, now written, prints when run again: the same warnings,
+    the notes as they now stand (a queue's changed arguments were noted once), every file
+    unchanged, no service to restart."""
+    notes = [*rendering.notes, *_changed_queues(site, directory)]
+    changes = [FileChange(file.path, "unchanged", file.content, file.content, file.mode)
+               for file in rendering.files]
+    services = rendered_service_changes(site, changes).as_dict()
+    return render_record.Outcome(
+        site=str(site_path), directory=str(directory), host=host, target=target,
+        files=[(file.path, file.mode, file.content) for file in rendering.files],
+        manifest=MANIFEST_FILE, state_files=[SITE_PATH_FILE],
+        stderr=[*said, *(f"note: {note}" for note in notes)],
+        report={"directory": str(directory), "celery": versions.celery,
+                "source": versions.source, "services": services,
+                "paths": [str(directory / file.path) for file in rendering.files]})
+
+
+@contextlib.contextmanager
+def _noting_warnings(ledger: facts.Ledger) -> Iterator[None]:
+    """A Python warning printed during the render (a library's deprecation, say) is not in
+    the record's words: such a render leaves no record, and the next one is full too."""
+    shown = warnings.showwarning
+
+    def noting(*args: Any, **kwargs: Any) -> None:
+        ledger.doubt = "a Python warning was printed"
+        shown(*args, **kwargs)
+
+    warnings.showwarning = noting
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _probe_failed(site: Site, versions: TargetVersions) -> bool:
+    """The target's celery is here but its versions could not be probed (a timeout?): the
+    next render probes again, and may know more."""
+    try:
+        return (versions.source == "assumed" and not site.celery_version
+                and facts.exists(site.celery_executable))
+    except OSError:
+        return True
 
 
 def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None, *,
@@ -108,8 +178,9 @@ def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None, *
         for change in changes:
             if change.status == "unchanged" and not verbose:
                 continue  # counted in the summary line
-            status = click.style(f"{change.status:>9}", fg=_COLOURS[change.status])
-            click.echo(f"{status}  {directory / change.path}")
+            line = report.file_line(change.status, str(directory / change.path))
+            colour = _COLOURS[change.status]  # the status column, coloured on a terminal
+            click.echo(click.style(line[:9], fg=colour) + line[9:] if colour else line)
             if mask is not None and change.status != "unchanged":
                 click.echo(change.diff(mask), nl=False)
         if services:
@@ -133,39 +204,49 @@ def render_in_memory(site_path: Path, output_dir: Path, source: str | None = Non
                      ) -> tuple[ValidatedSite, TargetVersions, Rendering]:
     """Validate and render the site (or one host's share) for output_dir, writing
     nothing. `source` is the site's name in the files' headers (default: its file name)."""
-    validated, versions = _validated(site_path, output_dir)
+    validated, versions = _validated(site_path, output_dir, None)
     rendering = _render(validated, versions, site_path, output_dir, source, share)
     return validated, versions, rendering
 
 
 def _render(validated: ValidatedSite, versions: TargetVersions, site_path: Path,
             directory: Path, source: str | None = None, share: str | None = None,
-            target: str = "systemd", warn: bool = False) -> Rendering:
+            target: str = "systemd", said: list[str] | None = None) -> Rendering:
+    """The files of a site (or share); with `said`, the warning when the output directory
+    is hidden from the services is printed and noted there."""
     site = validated.site
     config_dir = site.paths.config_dir or _plain_config_dir(directory)
-    if warn and site.paths.config_dir is None:
-        _warn_if_hidden(site, config_dir)
+    if said is not None and site.paths.config_dir is None:
+        _warn_if_hidden(site, config_dir, said)
     # The probe's stamp came with the versions, taken once: not again for each host's share.
     return render_site(site, source or source_name(site_path), config_dir, versions,
                        versions.stamp, share, target)
 
 
-def _validated(site_path: Path, output_dir: Path) -> tuple[ValidatedSite, TargetVersions]:
-    """Validate the site, then against the Celery/Flower versions it will run on."""
+def _validated(site_path: Path, output_dir: Path,
+               said: list[str] | None) -> tuple[ValidatedSite, TargetVersions]:
+    """Validate the site, then against the Celery/Flower versions it will run on; each
+    warning printed is noted in `said`, when given."""
     validated = validate_file(site_path)
     for warning in validated.warnings:
-        click.echo(str(warning), err=True)
+        _say(str(warning), said)
     versions, note = choose_versions(validated.site, output_dir)
     if note:
-        click.echo(f"note: {note}", err=True)
+        _say(f"note: {note}", said)
     for warning in check_versions(validated, versions):
-        click.echo(str(warning), err=True)
+        _say(str(warning), said)
     return validated, versions
+
+
+def _say(line: str, said: list[str] | None) -> None:
+    click.echo(line, err=True)
+    if said is not None:
+        said.append(line)
 
 
 def _plain_config_dir(output_dir: Path) -> str:
     """The output directory as the units' config_dir: it must be a path a unit can hold."""
-    path = str(output_dir.resolve())
+    path = facts.resolve(output_dir)
     if re.fullmatch(PATH_PATTERN, path) is None:
         raise UsageError(f"the output directory {path!r} has characters a unit file cannot "
                          "hold (spaces, '%', quotes ...): render with -o into a plain path, or "
@@ -173,15 +254,15 @@ def _plain_config_dir(output_dir: Path) -> str:
     return path
 
 
-def _warn_if_hidden(site: Site, config_dir: str) -> None:
+def _warn_if_hidden(site: Site, config_dir: str, said: list[str]) -> None:
     """The output directory is the units' config_dir by default: systemd's sandbox may
     hide it (a render into ~/out or /tmp/out), which sandbox.py cannot see in the site."""
     hidden = hidden_by_sandbox(site, config_dir)
     if hidden is not None:
-        click.echo(f"warning: the output directory {config_dir} is the units' config_dir "
-                   f"(paths.config_dir is unset) and is under {hidden[0]}, so under systemd "
-                   "the services cannot read their config there: render into another "
-                   "directory, or set paths.config_dir", err=True)
+        _say(f"warning: the output directory {config_dir} is the units' config_dir "
+             f"(paths.config_dir is unset) and is under {hidden[0]}, so under systemd the "
+             "services cannot read their config there: render into another directory, or "
+             "set paths.config_dir", said)
 
 
 def _masker(site: Site) -> Masker:

@@ -7,12 +7,12 @@ decision (plan.restarts) launch makes, applied to the changes in the render dire
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from crate_deploy.commands import report
 from crate_deploy.plan.names import UNIT_DIR
 from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
 from crate_deploy.site.model import Site
@@ -34,13 +34,7 @@ def rendered_service_changes(site: Site, changes: list[FileChange]) -> ServiceCh
 
 def service_lines(services: ServiceChanges) -> list[str]:
     """The report in launch --systemd's own words ("would restart: ..."), one line each."""
-    lines = [f"would restart: {' '.join(services.restart) or '(nothing)'}"]
-    if services.start:
-        lines.append(f"would start: {' '.join(services.start)}")
-    if services.stop:
-        lines.append(f"would stop and disable: {' '.join(services.stop)}")
-    lines.append(f"left running: {' '.join(services.left_running) or '(nothing)'}")
-    return lines
+    return report.service_lines(services.as_dict())
 
 
 def json_report(output_dir: Path, changes: list[FileChange], services: ServiceChanges, *,
@@ -52,17 +46,9 @@ def json_report(output_dir: Path, changes: list[FileChange], services: ServiceCh
         if mask is not None and change.status != "unchanged":
             entry["diff"] = change.diff(mask)
         files.append(entry)
-    document = {
-        "directory": str(output_dir),
-        "written": written,
-        "changed": sum(change.status != "unchanged" for change in changes),
-        "files": files,
-        "services": services.as_dict(),
-    }
-    return json.dumps(document, indent=2)
+    return report.json_document(str(output_dir), files, services.as_dict(), written=written)
 
 
 def echo_service_changes(services: ServiceChanges) -> None:
-    click.echo("once installed with `crate-deploy launch --systemd`:")
-    for line in service_lines(services):
-        click.echo(f"  {line}")
+    for line in report.services_block(services.as_dict()):
+        click.echo(line)

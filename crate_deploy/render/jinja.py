@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from crate_deploy import template_dirs
 from crate_deploy.errors import RenderError
 from crate_deploy.render.escape import (
     env_value,
@@ -45,11 +46,12 @@ def environment() -> jinja2.Environment:
 
 def templates_dir() -> Path:
     """templates/ inside the installed package, or at the top of a source checkout."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "templates", package.parent / "templates"):
-        if candidate.is_dir():
-            return candidate
-    raise RenderError(f"the templates directory is missing (looked in {package})")
+    candidates = template_dirs()
+    for candidate in candidates:
+        if Path(candidate).is_dir():
+            return Path(candidate)
+    raise RenderError(f"the templates directory is missing (looked in {candidates[0]} and "
+                      f"{candidates[1]})")
 
 
 def render_template(template: str, **values: Any) -> str:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
-
-from packaging.specifiers import InvalidSpecifier, Specifier, SpecifierSet
-from packaging.version import Version
+from typing import TYPE_CHECKING, Any
 
 from crate_deploy import __version__
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.site.load import LoadedSite, Loc, format_loc
+
+if TYPE_CHECKING:
+    from packaging.specifiers import Specifier, SpecifierSet
+    from packaging.version import Version
 
 REQUIRES_KEY = "requires"
 
@@ -131,6 +132,10 @@ def _deprecation(renamed: Renamed, loc: Loc) -> str:
 def _check_requires(loaded: LoadedSite) -> None:
     if not isinstance(loaded.data, dict) or REQUIRES_KEY not in loaded.data:
         return
+    # Imported here: a site without `requires` (most) needs no packaging (a few ms a render).
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import Version
+
     value = loaded.data[REQUIRES_KEY]
     loc = (REQUIRES_KEY,)
     try:
@@ -152,6 +157,8 @@ def _unmet(specifiers: SpecifierSet, current: Version) -> str:
     failed = [spec for spec in specifiers if not spec.contains(current, prereleases=True)]
     lower = [spec for spec in failed if spec.operator in (">=", "~=", ">")]
     if lower and len(lower) == len(failed):
+        from packaging.version import Version
+
         newest = max(lower, key=lambda spec: Version(spec.version))
         need = _lower_bound(newest)
         return (f"this site needs crate-deploy {need} (this is {current}): upgrade "

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from crate_deploy import facts
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.site.yaml_errors import explain
 
@@ -76,7 +77,7 @@ def load_site(path: Path) -> LoadedSite:
     """Read and parse a site file; every failure is a SiteError with a position."""
     name = str(path)
     try:
-        raw = path.read_bytes()
+        raw = facts.read_bytes(path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise SiteError([Problem(name, 1, 1, "", f"cannot read the site file: {reason}")]) from None

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from crate_deploy import facts
 from crate_deploy.site.load import Loc
 from crate_deploy.site.model import SECRET_REFERENCE, Site
 from crate_deploy.systemd.units import UnitError, parse_environment_file
@@ -39,10 +40,11 @@ def check_references(site: Site) -> Iterator[Finding]:
         return  # checks.py asks for a secrets_file when there are references
     path = Path(site.secrets_file)
     try:
-        defined = parse_environment_file(path.read_text(encoding="utf-8"), str(path))
+        text = facts.read_bytes(path).decode("utf-8")
+        defined = parse_environment_file(text, str(path))
     except FileNotFoundError:
         # Rendered for another server (its celery is not here either): nothing to say.
-        if Path(site.celery_executable).exists():
+        if facts.exists(site.celery_executable):
             yield (("secrets_file",), f"{path} does not exist: the services cannot start "
                    "without it (KEY=value lines, mode 0600)", "warning")
         return

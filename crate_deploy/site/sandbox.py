@@ -15,10 +15,10 @@ would meet and the fix.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
+from crate_deploy import facts
 from crate_deploy.site.load import Loc
 from crate_deploy.site.model import Site
 
@@ -79,9 +79,9 @@ def _interpreter(site: Site) -> Iterator[Finding]:
     """The venv's python links to a base interpreter; pyenv puts that under /root or /home."""
     if site.venv is None or not site.systemd.hardening:
         return
-    python = os.path.realpath(f"{site.venv}/bin/python")
+    python = facts.realpath(f"{site.venv}/bin/python")
     top = _under(python, HOME_DIRS)
-    if top and Path(python).exists():
+    if top and facts.exists(python):
         yield ("venv",), (f"this venv's python is {python}, under {top}, which the units hide "
                           "(ProtectHome=yes): under systemd its celery cannot start (203/EXEC); "
                           f"make the venv from a python outside {top} (/usr/bin/python3)"), (

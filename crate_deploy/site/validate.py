@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from crate_deploy import facts
 from crate_deploy.errors import Problem, SiteError
 from crate_deploy.plan.compat import version_findings
 from crate_deploy.site.checks import Finding, check_site
@@ -226,8 +227,7 @@ def _resolve_paths(site: Site, loaded: LoadedSite, base: Path) -> tuple[Site, li
     def absolute(loc: Loc, value: str | None) -> str | None:
         if value is None or value.startswith("/"):
             return value
-        resolved = str(PurePosixPath(base.resolve(), value))
-        resolved = str(Path(resolved).resolve())
+        resolved = facts.resolve(str(PurePosixPath(facts.resolve(base), value)))
         if re.fullmatch(PATH_PATTERN, resolved) is None:
             problems.append(loaded.problem(loc, f"resolves to {resolved!r}, which is not a "
                                            "plain path; give an absolute path"))

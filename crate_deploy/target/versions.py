@@ -67,7 +67,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +278,8 @@ def probe(celery_executable: Path, timeout: float = 20) -> TargetVersions:
     """The celery, kombu and flower installed for ``celery_executable`` (source "probed")."""
     if not celery_executable.is_file():
         raise VersionProbeError(f"{celery_executable}: no such celery executable")
+    import subprocess  # here: a render from a cached probe (most) starts no process
+
     python = interpreter_for(celery_executable)
     where = f"{celery_executable} (probed with {python})"
     try:

@@ -80,7 +80,10 @@ def test_probed_versions_are_cached_in_the_output(tmp_path: Path) -> None:
 
 def test_installing_flower_in_the_venv_invalidates_the_cached_probe(tmp_path: Path) -> None:
     """`pip install flower` adds site-packages entries but changes nothing in bin/."""
-    from crate_deploy.target.probe import _stamp
+    from crate_deploy.target.stamp import stamp
+
+    def _stamp(path: Path) -> str:
+        return stamp(str(path))
 
     celery = tmp_path / "venv/bin/celery"
     packages = tmp_path / "venv/lib/python3.11/site-packages"
@@ -144,6 +147,7 @@ def test_render_all_hosts_stamps_the_probed_venv_once(
     """The stamp (a walk of the venv's site-packages) identifies the probed venv once per
     render, however many host shares it writes; each share records it, so the next render
     reuses the probe."""
+    from crate_deploy import facts
     from crate_deploy.commands.render import render_command
     from crate_deploy.target import probe
 
@@ -164,14 +168,14 @@ def test_render_all_hosts_stamps_the_probed_venv_once(
         probed.append(executable)
         return TargetVersions("5.2.7", "5.3.7", "2.0.1", "probed")
 
-    real_stamp = probe._stamp
+    real_stamp = facts.venv_stamp
 
-    def counted_stamp(executable: Path) -> str:
-        stamps.append(executable)
+    def counted_stamp(executable: str) -> str:
+        stamps.append(Path(executable))
         return real_stamp(executable)
 
     monkeypatch.setattr(probe, "probe", fake_probe)
-    monkeypatch.setattr(probe, "_stamp", counted_stamp)
+    monkeypatch.setattr(facts, "venv_stamp", counted_stamp)
     out = tmp_path / "out"
     assert render_command(site, out, check=False, show_diff=False, all_hosts=True) == 0
     shares = sorted(path.parent.name for path in out.glob("hosts/*/deployment.json"))
@@ -179,7 +183,7 @@ def test_render_all_hosts_stamps_the_probed_venv_once(
     assert (len(probed), len(stamps)) == (1, 1)
     recorded = {json.loads((out / "hosts" / share / "deployment.json").read_text())
                 ["versions"]["stamp"] for share in shares}
-    assert recorded == {real_stamp(venv / "bin/celery")}
+    assert recorded == {real_stamp(str(venv / "bin/celery"))}
     # The next render of a share finds its probe cached under that stamp.
     stamps.clear()
     assert render_command(site, out / "hosts" / shares[0], check=False, show_diff=False,

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 
+from crate_deploy.commands.unchanged import RENDER_RECORD_FILE
 from crate_deploy.site.model import Site
 from tests.conftest import Result
 
@@ -180,7 +181,7 @@ def render(tmp_path: Path, run_cli: Callable[..., Result]) -> Callable[[dict[str
             return None
         return {str(p.relative_to(out)): p.read_text().replace(site.name, "SITE")
                 for p in out.rglob("*") if p.is_file() and p.name not in (
-                    "deployment.json", ".crate-deploy-manifest.json")}
+                    "deployment.json", ".crate-deploy-manifest.json", RENDER_RECORD_FILE)}
 
     return run
 
