@@ -183,23 +183,14 @@ def test_node_the_workers_use_is_stopped(tmp_path: Path, cluster: RabbitCluster,
 # --- 2. the node holding the queue is killed -------------------------------------------
 
 
-# Known open problem, found when the branches of 2026-11-30 were merged: on Celery 5.2.7
-# (classic queue) the confirmed tasks published around the kill of the queue's node were
-# neither run nor left in the queue (70 of 99 in a full run, 73 of 134 alone; the branch
-# alone lost none in three runs). Restarting the pool every 10 s instead of every 1 s
-# changed nothing. Kept running, reported, until it is found: see docs/reliability.md.
-CLASSIC_KILL_LOSES = pytest.mark.xfail(
-    strict=False, reason="5.2.7 classic queue: tasks confirmed around the node's kill are "
-    "not done after the merge (open, docs/reliability.md)")
-
-
-@pytest.mark.parametrize("venv_key", [pytest.param("celery52", marks=CLASSIC_KILL_LOSES),
-                                      "celery57"])
+@pytest.mark.parametrize("venv_key", VENVS)
 def test_node_holding_the_queue_is_killed(tmp_path: Path, cluster: RabbitCluster,
                                           cluster_vhost: str, venv_key: str) -> None:
     """Quorum: the two members left elect a leader and work goes on. Classic (5.2.7): the
     queue is gone with its node, the worker dies on declaring it (and is restarted, with
-    Restart=always, until the node is back); its messages wait on the node's disk."""
+    Restart=always, until the node is back); its messages wait on the node's disk. A
+    publish meanwhile reaches no live queue: RabbitMQ would confirm it and drop it, so the
+    rendered routes make every publish mandatory and it raises instead (not confirmed)."""
     quorum = venv_key == "celery57"
     venv, site, ledger, publisher = _fleet(tmp_path, cluster, cluster_vhost, venv_key,
                                            tolerate_down=1)
