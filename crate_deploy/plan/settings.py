@@ -45,7 +45,7 @@ def celery_settings(site: Site) -> Settings:
            if site.default_queue_type else {}),
         # A route to a queue the site does not declare must fail, not invent a queue.
         "task_create_missing_queues": False,
-        "task_routes": {pattern: {"queue": queue} for pattern, queue in site.routes.items()},
+        "task_routes": _routes(site),
         "worker_send_task_events": site.flower.enabled,
         "task_send_sent_event": site.flower.enabled,
     })
@@ -117,6 +117,30 @@ def _transport_options(site: Site) -> Settings:
         longest = max(stop_timeout(site, worker) for worker in site.workers)
         return {"visibility_timeout": int(max(3600.0, longest + STOP_MARGIN))}
     return {"confirm_publish": site.broker.confirm_publish}
+
+
+def _routes(site: Site) -> Settings:
+    """The site's routes; with publisher confirms on AMQP, every task publish mandatory.
+
+    RabbitMQ confirms a message that reached no live queue: with a classic queue whose
+    node is down (or a queue deleted), a sender that declared the queue earlier on its
+    connection (kombu remembers, and does not declare it again) gets a confirm for a
+    message that is gone. Mandatory, it gets the message back (312 NO_ROUTE) and the
+    publish raises instead: not confirmed, the sender's to retry. Celery has no setting
+    for it but passes a route's options to the publish, so every route carries it and a
+    last catch-all route (to the default queue, where Celery sends an unrouted task
+    anyway) covers the rest. Without confirms a return would arrive later, outside the
+    publish, and break whichever call reads it: left out then."""
+    routes: Settings = {pattern: {"queue": queue} for pattern, queue in site.routes.items()}
+    if not _mandatory_publishes(site):
+        return routes
+    routes.setdefault("*", {"queue": site.main_queue})
+    return {pattern: {**route, "mandatory": True} for pattern, route in routes.items()}
+
+
+def _mandatory_publishes(site: Site) -> bool:
+    scheme = site.broker.urls[0].partition("://")[0]
+    return scheme in ("amqp", "amqps", "pyamqp") and site.broker.confirm_publish
 
 
 def _results(site: Site) -> Settings:

@@ -237,22 +237,20 @@ class RabbitCluster:
         return list(status.get("running_nodes", []))
 
     def add_vhost(self, vhost: str) -> None:
-        via = self.up_node()
-        self.ctl(via, "add_vhost", vhost)
+        via, _ = self.ctl_any("add_vhost", vhost)
         self.ctl(via, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
 
-    def up_node(self) -> Node:
-        """A node whose application answers (for CLI calls that need the cluster)."""
+    def ctl_any(self, *args: str) -> tuple[Node, str]:
+        """Run a cluster-wide CLI command through the first node that takes it (a node
+        that is down refuses it: the next is tried; asking first would cost a CLI call
+        of its own, a second or more of CPU): the node it ran on, and its output."""
+        failures = []
         for node in self.nodes:
-            if self.app_running(node):
-                return node
-        raise RuntimeError("no node of the cluster answers")
-
-    def app_running(self, node: Node) -> bool:
-        result = subprocess.run(
-            [str(SBIN / "rabbitmq-diagnostics"), "-q", "-n", node.name, "check_running"],
-            env=node.environment(), capture_output=True, text=True, timeout=60, check=False)
-        return result.returncode == 0
+            try:
+                return node, self.ctl(node, *args)
+            except RuntimeError as failure:
+                failures.append(str(failure))
+        raise RuntimeError(f"no node of the cluster took it: {failures}")
 
     def queue_holder(self, vhost: str, queue: str) -> Node:
         """The node that holds a queue now: a quorum queue's leader, a classic queue's
@@ -260,8 +258,8 @@ class RabbitCluster:
         expression = (
             f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
             f'<<"{queue}">>)), case amqqueue:get_pid(Q) of {{_, N}} -> N; P -> node(P) end.')
-        answer = self.ctl(self.up_node(), "eval", expression).strip().strip("'")
-        return self.node(answer)
+        _, answer = self.ctl_any("eval", expression)
+        return self.node(answer.strip().strip("'"))
 
     # --- damaging it ---------------------------------------------------------------
 

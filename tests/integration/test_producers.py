@@ -213,3 +213,47 @@ def test_status_finds_work_stranded_on_the_apps_own_queue_once_check_has_seen_it
             after = run_crate_deploy("status", str(site.out))
             assert after.returncode == 1
             assert "STRANDED not-the-rendered-queue: 1 message(s)" in after.stdout
+
+
+# A sender wired to crate_deploy_producer: publishes, then its queue goes away under it
+# (deleted here; in a cluster, a classic queue whose node dies: test_cluster_faults.py),
+# and it publishes again on the same connection, where kombu does not declare it again.
+_SEND_INTO_A_VANISHED_QUEUE = """\
+import json
+from celery import Celery
+from kombu import Connection
+
+app = Celery("sender", set_as_current=False)
+app.config_from_object("crate_deploy_producer", namespace="CELERY")
+outcome = {}
+for name, queue in (("demoapp.slow", "demo-slow"), ("demoapp.unrouted", "demo-quick")):
+    app.send_task(name)  # declares the queue, confirmed
+    with Connection(app.conf.broker_url, password=app.conf.broker_password) as other:
+        other.default_channel.queue_delete(queue)
+    try:
+        app.send_task(name)
+        outcome[name] = "confirmed"
+    except Exception as exc:
+        outcome[name] = f"raised {type(exc).__name__}: {exc}"
+print(json.dumps(outcome))
+"""
+
+
+def test_a_publish_no_queue_takes_raises_instead_of_being_confirmed(
+        app_venv: Path, tmp_path: Path) -> None:
+    """RabbitMQ confirms a message it routed to no live queue: before every publish was
+    mandatory, both sends here were confirmed and the tasks were gone (and a classic
+    queue's node killed in a cluster lost every task sent while it was down)."""
+    import json
+
+    with fresh_vhost() as vhost:
+        site = make_demo_site(tmp_path, vhost, app_venv)
+        result = subprocess.run(
+            [str(app_venv / "bin" / "python"), "-c", _SEND_INTO_A_VANISHED_QUEUE],
+            cwd=site.site_dir, capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "BROKER_PASSWORD": site.broker_password,
+                 "PYTHONPATH": str(site.out)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        outcome = json.loads(result.stdout.splitlines()[-1])
+        for name in ("demoapp.slow", "demoapp.unrouted"):  # routed, and the catch-all
+            assert outcome[name].startswith("raised ") and "NO_ROUTE" in outcome[name], outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import runpy
 import subprocess
 import sys
 from collections.abc import Callable
@@ -79,6 +80,47 @@ def test_quorum_queue_with_delivery_limit_dead_letters(write_site: Callable[...,
     assert settings["_DEAD_LETTER_QUEUES"] == [{
         "exchange": "demo.dead-letter", "queue": "celery.dead", "routing_key": "celery",
         "arguments": {"x-queue-type": "quorum"}}]
+
+
+def test_every_task_publish_is_mandatory_with_confirms(write_site: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
+    """RabbitMQ confirms a message that reached no live queue (a classic queue whose node
+    is down, once the sender has declared it): only a mandatory publish comes back and
+    raises. Every route, and a last catch-all to the default queue, says so."""
+    routed = MINIMAL + ("    queues: [{name: celery}, {name: mail}]\n"
+                        "    routes: {shop.email_*: mail, shop.digest: celery}\n")
+    files = render(write_site(routed))
+    settings = assert_plain_literals(files["crate_deploy_celeryconfig.py"])
+    assert settings["task_routes"] == {
+        "shop.email_*": {"queue": "mail", "mandatory": True},
+        "shop.digest": {"queue": "celery", "mandatory": True},
+        "*": {"queue": "celery", "mandatory": True}}
+    assert list(settings["task_routes"])[-1] == "*"
+    # The senders' module routes the same way (no secret in this site: it runs as is).
+    producer = tmp_path / "crate_deploy_producer.py"
+    producer.write_text(files["crate_deploy_producer.py"], encoding="utf-8")
+    assert runpy.run_path(str(producer))["task_routes"] == settings["task_routes"]
+    # A site's own catch-all stays where, and what, it is.
+    own = routed.replace("shop.digest: celery}", "'*': mail, shop.digest: celery}")
+    routes = assert_plain_literals(render(write_site(own))["crate_deploy_celeryconfig.py"])[
+        "task_routes"]
+    assert routes == {"shop.email_*": {"queue": "mail", "mandatory": True},
+                      "*": {"queue": "mail", "mandatory": True},
+                      "shop.digest": {"queue": "celery", "mandatory": True}}
+
+
+@pytest.mark.parametrize("broker", [
+    '{urls: ["amqp://127.0.0.1:5672//"], confirm_publish: false}',
+    '{urls: ["redis://127.0.0.1:6379/0"]}'])
+def test_publishes_are_not_mandatory_without_amqp_confirms(
+        write_site: Callable[..., Path], broker: str) -> None:
+    """Without confirms a return arrives after the publish, into whatever call reads the
+    connection next; other transports have no returns at all."""
+    site = MINIMAL.replace('{urls: ["amqp://127.0.0.1:5672//"]}', broker).replace(
+        '\n      urls: ["amqp://127.0.0.1:5672//"]', " " + broker)
+    site += "    routes: {shop.email: celery}\n"
+    settings = assert_plain_literals(render(write_site(site))["crate_deploy_celeryconfig.py"])
+    assert settings["task_routes"] == {"shop.email": {"queue": "celery"}}
 
 
 def test_python_config_is_plain_literals() -> None:

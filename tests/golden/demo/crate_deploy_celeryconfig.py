@@ -62,6 +62,11 @@ task_create_missing_queues = False
 task_routes = {
     'demoapp.slow': {
         'queue': 'demo-slow',
+        'mandatory': True,
+    },
+    '*': {
+        'queue': 'demo-quick',
+        'mandatory': True,
     },
 }
 

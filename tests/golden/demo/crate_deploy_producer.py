@@ -125,6 +125,11 @@ CELERY_TASK_CREATE_MISSING_QUEUES = False
 CELERY_TASK_ROUTES = {
     'demoapp.slow': {
         'queue': 'demo-slow',
+        'mandatory': True,
+    },
+    '*': {
+        'queue': 'demo-quick',
+        'mandatory': True,
     },
 }
 

@@ -118,6 +118,27 @@ class _DeadLetterQueues(bootsteps.StartStopStep):
                 channel.close()
 
 
+class _ReconnectWhileAQueueIsLocked(bootsteps.Step):
+    """With several broker URLs (nodes of one cluster), treat 405 RESOURCE_LOCKED like a
+    lost connection: reconnect, do not die.
+
+    When the node a worker is connected to stops, the worker reconnects to the next one
+    within milliseconds and declares its control queue (`NODE.celery.pidbox`, exclusive
+    since Celery 5.6) again, while the stopping node may still hold the old
+    connection's copy for a moment. Celery takes the 405 for an unrecoverable error and
+    the worker exits (measured: once in six rolling restarts, restarted by the
+    supervisor). A queue locked by a connection that is going away is free a moment
+    later; one held for good (a second worker of the same name) keeps it retrying, with
+    the reason in its log each time.
+    """
+
+    def __init__(self, c, **kwargs):
+        from amqp.exceptions import ResourceLocked
+
+        c.connection_errors = (*c.connection_errors, ResourceLocked)
+        super().__init__(c, **kwargs)
+
+
 def _delayed_delivery_through_the_live_node():
     """Celery 5.5+ (quorum queues) sets up native delayed delivery once per broker URL,
     each time the consumer connects, before it consumes anything, and retries a URL that
@@ -175,6 +196,7 @@ if _rendered._DEAD_LETTER_QUEUES:
     app.steps["consumer"].add(_DeadLetterQueues)
 if isinstance(_rendered.broker_url, list) and len(_rendered.broker_url) > 1:
     _delayed_delivery_through_the_live_node()
+    app.steps["consumer"].add(_ReconnectWhileAQueueIsLocked)
 
 if "CRATE_DEPLOY_HEARTBEAT_FILE" in os.environ:
     signals.worker_init.connect(_start_heartbeat, weak=False)

@@ -69,9 +69,15 @@ task_create_missing_queues = False
 task_routes = {
     'shop.tasks.send_*': {
         'queue': 'emails',
+        'mandatory': True,
     },
     'shop.tasks.report_*': {
         'queue': 'reports.daily',
+        'mandatory': True,
+    },
+    '*': {
+        'queue': 'orders',
+        'mandatory': True,
     },
 }
 

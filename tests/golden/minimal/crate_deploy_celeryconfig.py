@@ -52,7 +52,12 @@ task_default_routing_key = 'celery'
 
 task_create_missing_queues = False
 
-task_routes = {}
+task_routes = {
+    '*': {
+        'queue': 'celery',
+        'mandatory': True,
+    },
+}
 
 worker_send_task_events = False
 

@@ -112,6 +112,11 @@ task_default_routing_key = 'celery'
 
 task_create_missing_queues = False
 
-task_routes = {}
+task_routes = {
+    '*': {
+        'queue': 'celery',
+        'mandatory': True,
+    },
+}
 
 task_send_sent_event = False

@@ -132,15 +132,23 @@ CELERY_CREATE_MISSING_QUEUES = False
 CELERY_ROUTES = {
     'crate_anon.crateweb.consent.tasks.email_*': {
         'queue': 'email',
+        'mandatory': True,
     },
     'crate_anon.crateweb.consent.tasks.resend_email': {
         'queue': 'email',
+        'mandatory': True,
     },
     'crate_anon.crateweb.consent.tasks.test_email_rdbm_task': {
         'queue': 'email',
+        'mandatory': True,
     },
     'crate_anon.crateweb.consent.tasks.refresh_all_consent_modes': {
         'queue': 'maintenance',
+        'mandatory': True,
+    },
+    '*': {
+        'queue': 'consent',
+        'mandatory': True,
     },
 }
 
