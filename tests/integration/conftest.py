@@ -154,6 +154,17 @@ def run_crate_deploy(*args: str, timeout: float = 60,
                           env=dict(env) if env is not None else None)
 
 
+def send_from_demoapp(site: DemoSite) -> None:
+    """demoapp's own code sends demoapp.quick, configured as demoapp configures itself
+    (not by the site: it lands on demoapp's own `not-the-rendered-queue`)."""
+    sent = subprocess.run(
+        [str(site.venv / "bin" / "python"), "-c",
+         "import demoapp; demoapp.quick.delay(); print('sent')"],
+        cwd=site.site_dir, env={**os.environ, "CELERY_BROKER_URL": site.broker_url},
+        capture_output=True, text=True, timeout=120, check=False)
+    assert sent.returncode == 0, sent.stderr
+
+
 def _merge(data: dict[str, Any], changes: Mapping[str, Any]) -> None:
     """Deep-merge changes into site data; `workers` is a mapping pool name -> changes."""
     for key, value in changes.items():

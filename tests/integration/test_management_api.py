@@ -11,9 +11,7 @@ if that port is taken.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from crate_deploy.inspect.stranded import (
     stranded_queues,
 )
 from crate_deploy.site.model import Site
-from tests.integration.conftest import Launch, make_demo_site, run_crate_deploy
+from tests.integration.conftest import Launch, make_demo_site, run_crate_deploy, send_from_demoapp
 from tests.integration.rabbit_cluster import Node, RabbitCluster, cluster_problem
 
 pytestmark = pytest.mark.slow
@@ -97,12 +95,7 @@ def test_status_finds_work_on_a_queue_nobody_named(managed_node: tuple[RabbitClu
     _, node = managed_node
     site = make_demo_site(tmp_path, node_vhost, latest_venv, broker_host=node.address)
     with Launch(site):
-        sent = subprocess.run(
-            [str(latest_venv / "bin" / "python"), "-c",
-             "import demoapp; demoapp.quick.delay(); print('sent')"],
-            cwd=site.site_dir, env={**os.environ, "CELERY_BROKER_URL": site.broker_url},
-            capture_output=True, text=True, timeout=120, check=False)
-        assert sent.returncode == 0, sent.stderr
+        send_from_demoapp(site)
         report = run_crate_deploy("status", str(site.out))
         assert report.returncode == 1, report.stdout + report.stderr
         assert "STRANDED not-the-rendered-queue: 1 message(s)" in report.stdout, report.stdout

@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     make_demo_site,
     node,
     run_crate_deploy,
+    send_from_demoapp,
     wait_for,
 )
 
@@ -200,12 +201,7 @@ def test_status_finds_work_stranded_on_the_apps_own_queue_once_check_has_seen_it
     with fresh_vhost() as vhost:
         site = make_demo_site(tmp_path, vhost, latest_venv)
         with Launch(site):
-            sent = subprocess.run(
-                [str(latest_venv / "bin" / "python"), "-c",
-                 "import demoapp; demoapp.quick.delay(); print('sent')"],
-                cwd=site.site_dir, env={**os.environ, "CELERY_BROKER_URL": site.broker_url},
-                capture_output=True, text=True, timeout=120, check=False)
-            assert sent.returncode == 0, sent.stderr
+            send_from_demoapp(site)
             before = run_crate_deploy("status", str(site.out))
             assert "STRANDED" not in before.stdout  # it cannot know that name yet
             checked = run_crate_deploy("check", "--foreground", str(site.out), timeout=180)
