@@ -24,6 +24,7 @@ A render asks all of that again, under the render lock, and answers only when ev
 answer is the same: then the full render would find every file unchanged and print just
 that, because everything it reads is the same. Any doubt (no record, unreadable, another
 format, not owned by this user or readable by others, a symbolic link, a different answer,
+stdout or stderr closed, a site or secrets file that is not a regular file (a pipe),
 an option it does not know, output that is not plain ASCII) and it steps aside for the
 full render, which reports the change and writes a new record. `--all-hosts` always takes
 the full render. CRATE_DEPLOY_FAST_PATH=0 turns it off; with CRATE_DEPLOY_DEBUG=1 it says
@@ -109,6 +110,10 @@ def fast_render(argv: list[str]) -> int | None:
         return None
     if os.environ.get("CRATE_DEPLOY_FAST_PATH", "1") == "0":
         debug("the fast path steps aside: CRATE_DEPLOY_FAST_PATH=0")
+        return None
+    if sys.stdout is None or sys.stderr is None:
+        # fd 1 or 2 closed: click prints nothing there and the render goes on; leave such
+        # a run to it rather than imitate that.
         return None
     try:
         attempt = Attempt(args, input_digests(args.site, args.directory, args.host,
@@ -317,6 +322,6 @@ def _write(stream: Any, lines: list[str]) -> None:
 
 
 def debug(message: str) -> None:
-    if os.environ.get("CRATE_DEPLOY_DEBUG"):
+    if os.environ.get("CRATE_DEPLOY_DEBUG") and sys.stderr is not None:
         sys.stderr.write(f"crate-deploy: debug: {message}\n")
         sys.stderr.flush()

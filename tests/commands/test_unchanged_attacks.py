@@ -1,0 +1,84 @@
+"""The unchanged-render fast path under attack: odd standard streams, site files that are
+not regular files, and the environment; each case once broke it (it answered, or ended,
+otherwise than the full render would).
+
+Through the real program in a subprocess: these are properties of the process (its file
+descriptors, its environment), which an in-process run would not have.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.commands.test_unchanged import ANSWERED, STEPS_ASIDE, without_debug
+from tests.conftest import EXAMPLES
+
+PROGRAM = str(Path(sys.executable).parent / "crate-deploy")
+
+
+def run(argv: list[str], *, fast_path: bool = True, cwd: Path, shell_redirect: str = "",
+        stdin: bytes | None = None, environment: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[bytes]:
+    """The real program; `shell_redirect` (">&-") is applied by a shell around it."""
+    env = {name: value for name, value in os.environ.items() if name != "CRATE_DEPLOY_DEBUG"}
+    env.update({"CRATE_DEPLOY_FAST_PATH": "1" if fast_path else "0", **(environment or {})})
+    command = ["sh", "-c", f'exec "$@" {shell_redirect}', "sh", PROGRAM, *argv]
+    return subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True,
+                          check=False)
+
+
+def recorded(tmp_path: Path) -> list[str]:
+    """A site rendered once (so recorded) into tmp_path/out: the command line."""
+    argv = ["render", str(EXAMPLES / "minimal.yaml"), "-o", str(tmp_path / "out")]
+    assert run(argv, cwd=tmp_path).returncode == 0
+    debug = run(argv, cwd=tmp_path, environment={"CRATE_DEPLOY_DEBUG": "1"})
+    assert ANSWERED.encode() in debug.stderr
+    return argv
+
+
+@pytest.mark.parametrize("redirect", [">&-", "2>&-", ">&- 2>&-"])
+def test_a_closed_stdout_or_stderr_ends_as_the_full_render_does(
+        tmp_path: Path, redirect: str) -> None:
+    """With fd 1 or 2 closed Python has no sys.stdout (or sys.stderr): the full render
+    (click) prints nothing there and exits 0; the fast path once crashed (exit 3)."""
+    argv = recorded(tmp_path)
+    fast = run(argv, cwd=tmp_path, shell_redirect=redirect)
+    full = run(argv, fast_path=False, cwd=tmp_path, shell_redirect=redirect)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        full.returncode, full.stdout, full.stderr)
+    assert fast.returncode == 0
+
+
+SITE = """\
+    project: piped
+    app: piped.app
+    venv: /srv/piped/venv
+    broker:
+      urls: [amqp://127.0.0.1:5672//]
+    workers:
+      - name: default
+        queues: [celery]
+        concurrency: 2
+"""
+
+
+def test_a_site_read_from_a_pipe_is_read_once_by_the_render(tmp_path: Path) -> None:
+    """`generate | crate-deploy render /dev/stdin`: the fast path must not drink the pipe
+    it then steps aside from, or the full render finds the site file empty (exit 2)."""
+    site = textwrap.dedent(SITE).encode()
+    argv = ["render", "/dev/stdin", "-o", str(tmp_path / "out")]
+    assert run(argv, cwd=tmp_path, stdin=site).returncode == 0
+    edited = site.replace(b"concurrency: 2", b"concurrency: 3")
+    environment = {"CRATE_DEPLOY_DEBUG": "1"}
+    fast = run([*argv, "--check"], cwd=tmp_path, stdin=edited, environment=environment)
+    full = run([*argv, "--check"], fast_path=False, cwd=tmp_path, stdin=edited)
+    assert STEPS_ASIDE.encode() in fast.stderr
+    assert (fast.returncode, fast.stdout) == (full.returncode, full.stdout)
+    assert without_debug(fast.stderr.decode()) == without_debug(full.stderr.decode())
+    assert fast.returncode == 1 and b"would change; nothing written" in fast.stdout
