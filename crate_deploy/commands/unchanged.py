@@ -25,7 +25,7 @@ answer is the same: then the full render would find every file unchanged and pri
 that, because everything it reads is the same. Any doubt (no record, unreadable, another
 format, not owned by this user or readable by others, a symbolic link, a different answer,
 stdout or stderr closed, a site or secrets file that is not a regular file (a pipe),
-an option it does not know, output that is not plain ASCII) and it steps aside for the
+an option it does not know, output that is not printable ASCII) and it steps aside for the
 full render, which reports the change and writes a new record. `--all-hosts` always takes
 the full render. CRATE_DEPLOY_FAST_PATH=0 turns it off; with CRATE_DEPLOY_DEBUG=1 it says
 on stderr whether it answered, or why not.
@@ -310,9 +310,16 @@ def _said(record: dict[str, Any], args: RenderArgs) -> tuple[list[str], list[str
                                          directory=said["directory"],
                                          celery=said["celery"], source=said["source"]))
     errors = list(record["stderr"])
-    if not all(line.isascii() for line in [*errors, *lines]):
-        raise StepAside("output that is not plain ASCII (the full render prints it)")
+    if not all(_printable(line) for line in [*errors, *lines]):
+        raise StepAside("output that is not printable ASCII (the full render prints it)")
     return errors, lines
+
+
+def _printable(text: str) -> bool:
+    """Printable ASCII, line by line: click strips escape sequences (ESC [ ... m) from what
+    it prints when not on a terminal, and whatever else it does to control characters is
+    the full render's to do (a venv's metadata or a link's target may hold them)."""
+    return text.isascii() and all(line.isprintable() for line in text.split("\n"))
 
 
 def _write(stream: Any, lines: list[str]) -> None:

@@ -12,12 +12,20 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.commands.test_unchanged import ANSWERED, STEPS_ASIDE, without_debug
-from tests.conftest import EXAMPLES
+from tests.commands.test_unchanged import (
+    ANSWERED,
+    STEPS_ASIDE,
+    full_render,
+    make_venv,
+    without_debug,
+)
+from tests.commands.test_unchanged import SITE as SCENARIO_SITE
+from tests.conftest import EXAMPLES, Result
 
 PROGRAM = str(Path(sys.executable).parent / "crate-deploy")
 
@@ -82,3 +90,24 @@ def test_a_site_read_from_a_pipe_is_read_once_by_the_render(tmp_path: Path) -> N
     assert (fast.returncode, fast.stdout) == (full.returncode, full.stdout)
     assert without_debug(fast.stderr.decode()) == without_debug(full.stderr.decode())
     assert fast.returncode == 1 and b"would change; nothing written" in fast.stdout
+
+
+def test_a_control_character_in_the_report_goes_to_the_full_render(
+        tmp_path: Path, run_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv's celery metadata says `Version: 5.3.6<ESC>[0m`: click strips the escape
+    sequence from what it prints (not a terminal), the fast path once printed it raw."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRATE_DEPLOY_DEBUG", "1")
+    monkeypatch.delenv("CRATE_DEPLOY_FAST_PATH", raising=False)
+    make_venv(tmp_path / "venv", "5.3.6\x1b[0m")
+    (tmp_path / "secrets.env").write_text("BROKER_PASSWORD=Secret-Value-1234\n")
+    (tmp_path / "site.yaml").write_text(textwrap.dedent(SCENARIO_SITE))
+    command = ["render", "site.yaml", "-o", "out"]
+    assert run_cli(*command).code == 0
+    fast = run_cli(*command)
+    full = full_render(run_cli, monkeypatch, *command)
+    assert STEPS_ASIDE + "output that is not printable ASCII" in fast.err
+    assert (fast.code, fast.out, without_debug(fast.err)) == (
+        full.code, full.out, without_debug(full.err))
+    assert "\x1b" not in fast.out + fast.err
+    assert "for Celery 5.3.6, probed" in fast.out
