@@ -15,6 +15,8 @@ RENDER_RECORD_FILE in the output directory, root-only (0600), written after the 
   facts.py): the site file's and the secrets file's bytes (keyed digests), each relative
   path resolved, whether the celery program and the venv's python exist, the venv's stamp
   of installed distributions (which keys the probe of the Celery, kombu, Flower versions);
+  and the signature (size, mtime, ctime, inode) of every other module file the full render
+  loaded: a library edited in place changes no sys.path entry;
 - outputs: each rendered file's keyed digest and mode, the manifest's list of files, and
   .crate-deploy-site's digest;
 - what a render of the unchanged site prints: its warnings and notes, the files, the
@@ -42,6 +44,7 @@ import json
 import os
 import stat
 import sys
+import time
 
 from crate_deploy import facts
 from crate_deploy.commands import report
@@ -52,7 +55,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 1
+FORMAT = 2
+# About when this process started: a module file changed after that (give or take the
+# filesystem clock's granularity, and what Python imported before this) may differ from
+# the code it runs, so such a render leaves no record (commands/render_record.py).
+LOADED_NS = time.time_ns()
 # In the output directory; the names of the manifest and of .crate-deploy-site come in the
 # record (from plan/names.py, which this module does not import: pathlib, typing).
 RENDER_RECORD_FILE = ".crate-deploy-render-record.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from crate_deploy.commands.unchanged import RENDER_RECORD_FILE, parse_args
+from crate_deploy.commands.unchanged import FORMAT, RENDER_RECORD_FILE, parse_args
 from tests.conftest import EXAMPLES, ROOT, Result
 
 ANSWERED = "crate-deploy: debug: the fast path answered"
@@ -340,7 +340,7 @@ def test_the_record_is_the_owners_alone_and_holds_no_secret(scenario: Scenario) 
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
     text = record.read_text()
     assert "Secret-Value-1234" not in text
-    assert json.loads(text)["format"] == 1
+    assert json.loads(text)["format"] == FORMAT
 
 
 def test_a_check_writes_no_record_a_render_does(scenario: Scenario) -> None:

@@ -9,9 +9,11 @@ descriptors, its environment), which an in-process run would not have.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,3 +113,42 @@ def test_a_control_character_in_the_report_goes_to_the_full_render(
         full.code, full.out, without_debug(full.err))
     assert "\x1b" not in fast.out + fast.err
     assert "for Celery 5.3.6, probed" in fast.out
+
+
+def test_a_library_module_edited_in_place_is_an_input(tmp_path: Path) -> None:
+    """jinja2 edited in place (a patch, an editable install of it): its sys.path entry does
+    not change, the module file does. The fast path once answered "0 would change" from
+    the record while the full render, running the edited jinja2, changed every file."""
+    import jinja2
+
+    libraries = tmp_path / "libraries"
+    shutil.copytree(Path(jinja2.__file__).parent, libraries / "jinja2",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from crate_deploy.cli import main; main(sys.argv[1:])")
+    command = [sys.executable, "-c", code, str(libraries), "render",
+               str(EXAMPLES / "minimal.yaml"), "-o", str(tmp_path / "out"), "--check"]
+    environment = {**os.environ, "CRATE_DEPLOY_DEBUG": "1"}
+    environment.pop("CRATE_DEPLOY_FAST_PATH", None)
+
+    def render(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command[:-1], *extra], capture_output=True, text=True,
+                              env=environment, cwd=tmp_path, check=False)
+
+    # A record is left once the copy is older than the render (its ctime, by a margin).
+    for _ in range(50):
+        if "no record" not in render().stderr and ANSWERED in render().stderr:
+            break
+        time.sleep(0.1)
+    assert ANSWERED in render().stderr
+    module = libraries / "jinja2/environment.py"
+    before = module.stat()
+    text = module.read_text()
+    old = "return self.environment.concat(self.root_render_func(ctx))"
+    assert old in text
+    with module.open("r+") as stream:  # in place: the same inode, the folder untouched
+        stream.write(text.replace(old, f"{old} + '# patched\\n'", 1))
+    os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = render("--check")
+    assert STEPS_ASIDE + f"input changed: module {module}" in result.stderr
+    assert result.returncode == 1 and "would change" in result.stdout
