@@ -154,8 +154,12 @@ def venv_stamp(executable: str) -> str:
 def _read_again(argument: str, key: bytes) -> Answer:
     """A regular file's digest, or NOT_REGULAR: a pipe (`render /dev/stdin`) or a device
     is never opened, let alone read, to be asked again (the data read would be gone for
-    the full render, or would never end); stat first, then fstat what was opened."""
-    if not stat.S_ISREG(os.stat(argument).st_mode):
+    the full render, or would never end); stat first, then fstat what was opened. A
+    directory answers as reading one did (EISDIR)."""
+    mode = os.stat(argument).st_mode
+    if stat.S_ISDIR(mode):
+        return ("error", "EISDIR")
+    if not stat.S_ISREG(mode):
         return NOT_REGULAR
     descriptor = os.open(argument, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(descriptor, "rb") as stream:

@@ -152,3 +152,20 @@ def test_a_library_module_edited_in_place_is_an_input(tmp_path: Path) -> None:
     result = render("--check")
     assert STEPS_ASIDE + f"input changed: module {module}" in result.stderr
     assert result.returncode == 1 and "would change" in result.stdout
+
+
+def test_a_secrets_file_that_is_a_folder_is_asked_again_as_read(
+        tmp_path: Path, run_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a folder fails (EISDIR, a warning); asked again it fails the same way, so the
+    fast path still answers: only a pipe or a device is never read again."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRATE_DEPLOY_DEBUG", "1")
+    monkeypatch.delenv("CRATE_DEPLOY_FAST_PATH", raising=False)
+    (tmp_path / "secrets.env").mkdir()
+    (tmp_path / "site.yaml").write_text(textwrap.dedent(SCENARIO_SITE))
+    command = ["render", "site.yaml", "-o", "out"]
+    first = run_cli(*command)
+    assert first.code == 0 and "cannot be read by this user" in first.err, first.err
+    again = run_cli(*command)
+    assert ANSWERED in again.err, again.err
+    assert without_debug(again.err) == without_debug(first.err)
