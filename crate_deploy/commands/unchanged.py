@@ -56,9 +56,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 2
-# About when this process started: a module file changed after that (give or take the
-# filesystem clock's granularity, and what Python imported before this) may differ from
-# the code it runs, so such a render leaves no record (commands/render_record.py).
+# About when this process started, where /proc does not say: a module file changed after
+# that may differ from the code it runs, so such a render leaves no record
+# (commands/render_record.py).
 LOADED_NS = time.time_ns()
 # In the output directory; the names of the manifest and of .crate-deploy-site come in the
 # record (from plan/names.py, which this module does not import: pathlib, typing).
