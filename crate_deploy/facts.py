@@ -18,10 +18,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 
 Answer = tuple[str, str]  # ("ok", value) or ("error", errno name)
 Fact = tuple[str, str, Answer]  # (kind, argument, answer)
 
+# The answer to "read" again of what is not a regular file: never the answer noted.
+NOT_REGULAR: Answer = ("error", "not a regular file")
 # What Path.exists() takes for "no" (anything else it raises).
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP}
 
@@ -148,18 +151,47 @@ def venv_stamp(executable: str) -> str:
     return value
 
 
+def _read_again(argument: str, key: bytes) -> Answer:
+    """A regular file's digest, or NOT_REGULAR: a pipe (`render /dev/stdin`) or a device
+    is never opened, let alone read, to be asked again (the data read would be gone for
+    the full render, or would never end); stat first, then fstat what was opened. A
+    directory answers as reading one did (EISDIR)."""
+    mode = os.stat(argument).st_mode
+    if stat.S_ISDIR(mode):
+        return ("error", "EISDIR")
+    if not stat.S_ISREG(mode):
+        return NOT_REGULAR
+    descriptor = os.open(argument, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(descriptor, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return NOT_REGULAR
+        return ("ok", digest(stream.read(), key))
+
+
+def signature(path: str) -> Answer:
+    """A file's size, mtime, ctime, inode and device: an edit in place, even with the
+    mtime set back, changes its ctime (the code of a module Python loaded)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return _error(exc)
+    return ("ok", f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}:"
+                  f"{info.st_dev}")
+
+
 def answer(kind: str, argument: str, key: bytes) -> Answer:
     """Ask a noted question again: the answer it would get now (never raises)."""
     try:
         if kind == "read":
-            with open(argument, "rb") as stream:
-                return ("ok", digest(stream.read(), key))
+            return _read_again(argument, key)
         if kind == "resolve":
             return _resolve(argument)
         if kind == "realpath":
             return ("ok", os.path.realpath(argument))
         if kind == "exists":
             return _exists(argument)[0]
+        if kind == "module":
+            return signature(argument)
         if kind == "stamp":
             from crate_deploy.target.stamp import stamp
 

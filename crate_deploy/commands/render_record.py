@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from crate_deploy import facts
 from crate_deploy.commands.unchanged import (
     FORMAT,
+    LOADED_NS,
     RECORD_MODE,
     RENDER_RECORD_FILE,
     Attempt,
@@ -46,6 +48,10 @@ def write_record(attempt: Attempt | None, ledger: facts.Ledger, outcome: Outcome
     if why_not or attempt is None:
         debug(f"no record: {why_not}")
         return why_not
+    modules, why_not = _module_facts()
+    if why_not:
+        debug(f"no record: {why_not}")
+        return why_not
     directory = outcome.directory
     key = ledger.key
     if not _manifest_lists(os.path.join(directory, outcome.manifest),
@@ -62,7 +68,8 @@ def write_record(attempt: Attempt | None, ledger: facts.Ledger, outcome: Outcome
         "format": FORMAT,
         "key": key.hex(),
         "inputs": attempt.inputs,
-        "facts": [[kind, argument, list(answer)] for kind, argument, answer in ledger.listed()],
+        "facts": [[kind, argument, list(answer)]
+                  for kind, argument, answer in [*ledger.listed(), *modules]],
         "files": [[path, mode, facts.digest(content.encode(), key)]
                   for path, mode, content in outcome.files],
         "state_files": state_files,
@@ -89,6 +96,44 @@ def _unrecordable(attempt: Attempt | None, ledger: facts.Ledger, outcome: Outcom
     if ledger.doubt:
         return ledger.doubt
     return ""
+
+
+def _module_facts() -> tuple[list[facts.Fact], str]:
+    """The signature of every file Python loaded code from beyond crate-deploy's own (which
+    are an input): jinja2, pydantic, yaml, click, the standard library. A pip install
+    changes its sys.path entry, but an edit in place of a module (a patch, an editable
+    install of a library) changes only the file. A file changed since about when this
+    process started may not be the code it runs: then no record (the empty list and why)."""
+    import crate_deploy
+
+    own = os.path.dirname(crate_deploy.__file__) + os.sep
+    since = _process_start_ns() - 20_000_000  # the filesystem clock lags by up to a tick
+    paths = {path for module in list(sys.modules.values())
+             if isinstance(path := getattr(module, "__file__", None), str)}
+    found: list[facts.Fact] = []
+    for path in sorted(paths):
+        if not path.startswith(own):
+            answer = facts.signature(path)
+            if answer[0] != "ok" or int(answer[1].split(":")[2]) >= since:
+                return [], f"{path} changed as the render ran"
+            found.append(("module", path, answer))
+    return found, ""
+
+
+def _process_start_ns() -> int:
+    """When this process started, on the clock file times are on (from /proc: what Python
+    imported before crate-deploy's first line counts too); else half a second before this
+    package's fast path was loaded."""
+    import time
+
+    try:
+        with open("/proc/self/stat", "rb") as stream:
+            after_name = stream.read().rsplit(b")", 1)[1].split()
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError):
+        return LOADED_NS - 500_000_000
+    return time.time_ns() - int(age * 1e9)
 
 
 def _manifest_lists(path: str, paths: set[str]) -> bool:

@@ -15,6 +15,8 @@ RENDER_RECORD_FILE in the output directory, root-only (0600), written after the 
   facts.py): the site file's and the secrets file's bytes (keyed digests), each relative
   path resolved, whether the celery program and the venv's python exist, the venv's stamp
   of installed distributions (which keys the probe of the Celery, kombu, Flower versions);
+  and the signature (size, mtime, ctime, inode) of every other module file the full render
+  loaded: a library edited in place changes no sys.path entry;
 - outputs: each rendered file's keyed digest and mode, the manifest's list of files, and
   .crate-deploy-site's digest;
 - what a render of the unchanged site prints: its warnings and notes, the files, the
@@ -24,7 +26,8 @@ A render asks all of that again, under the render lock, and answers only when ev
 answer is the same: then the full render would find every file unchanged and print just
 that, because everything it reads is the same. Any doubt (no record, unreadable, another
 format, not owned by this user or readable by others, a symbolic link, a different answer,
-an option it does not know, output that is not plain ASCII) and it steps aside for the
+stdout or stderr closed, a site or secrets file that is not a regular file (a pipe),
+an option it does not know, output that is not printable ASCII) and it steps aside for the
 full render, which reports the change and writes a new record. `--all-hosts` always takes
 the full render. CRATE_DEPLOY_FAST_PATH=0 turns it off; with CRATE_DEPLOY_DEBUG=1 it says
 on stderr whether it answered, or why not.
@@ -41,6 +44,7 @@ import json
 import os
 import stat
 import sys
+import time
 
 from crate_deploy import facts
 from crate_deploy.commands import report
@@ -51,7 +55,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 1
+FORMAT = 2
+# About when this process started, where /proc does not say: a module file changed after
+# that may differ from the code it runs, so such a render leaves no record
+# (commands/render_record.py).
+LOADED_NS = time.time_ns()
 # In the output directory; the names of the manifest and of .crate-deploy-site come in the
 # record (from plan/names.py, which this module does not import: pathlib, typing).
 RENDER_RECORD_FILE = ".crate-deploy-render-record.json"
@@ -109,6 +117,10 @@ def fast_render(argv: list[str]) -> int | None:
         return None
     if os.environ.get("CRATE_DEPLOY_FAST_PATH", "1") == "0":
         debug("the fast path steps aside: CRATE_DEPLOY_FAST_PATH=0")
+        return None
+    if sys.stdout is None or sys.stderr is None:
+        # fd 1 or 2 closed: click prints nothing there and the render goes on; leave such
+        # a run to it rather than imitate that.
         return None
     try:
         attempt = Attempt(args, input_digests(args.site, args.directory, args.host,
@@ -305,9 +317,16 @@ def _said(record: dict[str, Any], args: RenderArgs) -> tuple[list[str], list[str
                                          directory=said["directory"],
                                          celery=said["celery"], source=said["source"]))
     errors = list(record["stderr"])
-    if not all(line.isascii() for line in [*errors, *lines]):
-        raise StepAside("output that is not plain ASCII (the full render prints it)")
+    if not all(_printable(line) for line in [*errors, *lines]):
+        raise StepAside("output that is not printable ASCII (the full render prints it)")
     return errors, lines
+
+
+def _printable(text: str) -> bool:
+    """Printable ASCII, line by line: click strips escape sequences (ESC [ ... m) from what
+    it prints when not on a terminal, and whatever else it does to control characters is
+    the full render's to do (a venv's metadata or a link's target may hold them)."""
+    return text.isascii() and all(line.isprintable() for line in text.split("\n"))
 
 
 def _write(stream: Any, lines: list[str]) -> None:
@@ -317,6 +336,6 @@ def _write(stream: Any, lines: list[str]) -> None:
 
 
 def debug(message: str) -> None:
-    if os.environ.get("CRATE_DEPLOY_DEBUG"):
+    if os.environ.get("CRATE_DEPLOY_DEBUG") and sys.stderr is not None:
         sys.stderr.write(f"crate-deploy: debug: {message}\n")
         sys.stderr.flush()
