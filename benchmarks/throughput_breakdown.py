@@ -21,7 +21,8 @@ profiles add one guarantee each, in this order:
                (confirms, task-sent events)
 - rendered-quiet      the same with the quick pool's `log_level: warning`: no INFO line per
                task (received, succeeded) for launch to read, mask and write
-- rendered-no-flower  rendered-quiet with `flower.enabled: false`: no task events at all
+- rendered-no-events  rendered-quiet with the quick pool's `task_events: false`: Flower runs
+               and follows the other pool, this one sends no task events
 - defaults+results  Celery's defaults with results over rpc://: the peer the rendered
                profile is held against (issue 12's target: >= 0.9x of it for no-op
                tasks, >= 0.97x for 10 ms tasks)
@@ -64,8 +65,9 @@ from tests.integration.conftest import Launch, fresh_vhost, make_demo_site  # no
 STEPS = ("late-acks", "confirms", "events", "results")
 QUIET: dict[str, Any] = {"workers": {"quick": {"log_level": "warning"}}}
 # The demo site as rendered, and two variants of it that a site can choose with keys it has.
-RENDERED: dict[str, dict[str, Any]] = {"rendered": {}, "rendered-quiet": QUIET,
-            "rendered-no-flower": {**QUIET, "flower": {"enabled": False}}}
+RENDERED: dict[str, dict[str, Any]] = {
+    "rendered": {}, "rendered-quiet": QUIET,
+    "rendered-no-events": {"workers": {"quick": {"log_level": "warning", "task_events": False}}}}
 PROFILES = ("defaults", *STEPS, *RENDERED, "defaults+results")
 QUEUE = "demo-quick"  # the demo's quick queue, so the rendered fleet consumes it too
 

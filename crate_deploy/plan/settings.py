@@ -175,6 +175,7 @@ def _pool(worker: Worker) -> Settings:
         "worker_cancel_long_running_tasks_on_connection_loss": worker.acks_late,
     }
     optional = {
+        "worker_send_task_events": worker.task_events,
         "worker_soft_shutdown_timeout": worker.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": worker.soft_shutdown_on_idle,
         "worker_detect_quorum_queues": worker.detect_quorum_queues,
