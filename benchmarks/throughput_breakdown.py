@@ -7,14 +7,16 @@
 Every profile runs the same pool (prefork, concurrency 2, prefetch multiplier 4, no
 mingle or gossip) on one queue of a fresh vhost, in the application venv; profiles
 alternate round by round so that a busy machine weighs on all of them alike. The
-profiles add one guarantee each, in this order:
+first five add one guarantee each, in this order, to a worker of plain Celery settings:
 
 - defaults     Celery's defaults: early acks, no publisher confirms, no events, no results
 - late-acks    + task_acks_late and task_reject_on_worker_lost
 - confirms     + publisher confirms (the producer's task publishes and the worker's)
-- events       + task events (worker_send_task_events, task_send_sent_event); nothing
-               consumes them, so the broker drops them
+- events       + task events (worker_send_task_events, task_send_sent_event), each publish
+               waiting for its confirm as plain Celery does; nothing consumes them
 - results      + results over rpc://
+- no-events    late acks, confirms and results, no events: what the results' confirmed
+               publishes (from the pool processes) cost, beside `results`
 - rendered     the demo site as crate-deploy renders and launches it (quick pool set to
                concurrency 2, prefetch 4; INFO logs through launch), Flower consuming its
                events, and a producer set up as crate_deploy_producer sets one up
@@ -68,7 +70,9 @@ QUIET: dict[str, Any] = {"workers": {"quick": {"log_level": "warning"}}}
 RENDERED: dict[str, dict[str, Any]] = {
     "rendered": {}, "rendered-quiet": QUIET,
     "rendered-no-events": {"workers": {"quick": {"log_level": "warning", "task_events": False}}}}
-PROFILES = ("defaults", *STEPS, *RENDERED, "defaults+results")
+# Peers measured beside the steps: every guarantee but events; Celery's defaults + results.
+EXTRA = {"no-events": ["late-acks", "confirms", "results"], "defaults+results": ["results"]}
+PROFILES = ("defaults", *STEPS, "no-events", *RENDERED, "defaults+results")
 QUEUE = "demo-quick"  # the demo's quick queue, so the rendered fleet consumes it too
 
 WORK = {"noop": ("demoapp.quick", {}), "10ms": ("demoapp.slow", {"seconds": 0.01})}
@@ -107,8 +111,8 @@ def slow(seconds=5.0, value=0):
 
 
 def steps_of(profile: str) -> list[str]:
-    if profile == "defaults+results":
-        return ["results"]
+    if profile in EXTRA:
+        return EXTRA[profile]
     return list(STEPS[:STEPS.index(profile) + 1]) if profile in STEPS else []
 
 

@@ -84,6 +84,10 @@ def flower_options(site: Site, state_dir: str) -> Settings:
     }
     if flower.persistent:
         options["db"] = f"{state_dir}/{FLOWER_DB_FILE}"
+    if any(worker.task_events is False for worker in site.workers):
+        # Flower otherwise broadcasts enable_events to every worker every 5 s, which
+        # turns a pool's task events back on; the pools send theirs by configuration.
+        options["enable_events"] = False
     if flower.url_prefix:
         options["url_prefix"] = flower.url_prefix
     if flower.purge_offline_workers is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +86,10 @@ def test_flower_sees_every_task_and_only_events_skip_the_confirm_wait(
         fleet: tuple[DemoSite, Launch]) -> None:
     """With `task_events: false` on the quick pool, Flower still sees the slow pool's
     tasks, and none of the quick pool's."""
-    site, _ = fleet
+    site, launch = fleet
     quick_events = site.site["workers"][0].get("task_events", True)
+    if not quick_events:  # let Flower's enable_events timer (every 5 s) fire twice first
+        time.sleep(11)
     with task_client(site) as client:
         sent = client.send_many("demoapp.quick", "demo-quick", [{"value": i} for i in range(20)])
         slow = client.send("demoapp.slow", "demo-slow", seconds=0.1, value=20)
@@ -110,6 +113,7 @@ def test_flower_sees_every_task_and_only_events_skip_the_confirm_wait(
         assert seen["worker"] == node("quick" if task_id in ids else "slow"), seen
     if not quick_events:
         assert ids.isdisjoint(tasks), "Flower saw tasks of a pool with task_events: false"
+        assert "enabled by remote" not in launch.log(), launch.tail()
 
     facts = json.loads((site.site_dir / f"events-{node('slow')}.json").read_text())
     assert facts["events_wait_for_confirms"] is False, facts
