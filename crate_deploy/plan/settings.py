@@ -84,6 +84,10 @@ def flower_options(site: Site, state_dir: str) -> Settings:
     }
     if flower.persistent:
         options["db"] = f"{state_dir}/{FLOWER_DB_FILE}"
+    if any(worker.task_events is False for worker in site.workers):
+        # Flower otherwise broadcasts enable_events to every worker every 5 s, which
+        # turns a pool's task events back on; the pools send theirs by configuration.
+        options["enable_events"] = False
     if flower.url_prefix:
         options["url_prefix"] = flower.url_prefix
     if flower.purge_offline_workers is not None:
@@ -197,6 +201,7 @@ def _pool(worker: Worker) -> Settings:
         "worker_cancel_long_running_tasks_on_connection_loss": worker.acks_late,
     }
     optional = {
+        "worker_send_task_events": worker.task_events,
         "worker_soft_shutdown_timeout": worker.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": worker.soft_shutdown_on_idle,
         "worker_detect_quorum_queues": worker.detect_quorum_queues,

@@ -213,7 +213,15 @@ class Worker(Strict):
     reject_on_worker_lost: bool = True
     """Requeue a task whose process died (needs acks_late)."""
     log_level: LogLevel = "info"
-    """Worker log level."""
+    """Worker log level; `info` logs two lines per task (received, succeeded), `warning`
+    none."""
+    task_events: bool | None = None
+    """Send task events (received, started, succeeded...) from this pool: what Flower shows
+    tasks from. Default: when Flower is enabled. false: Flower no longer follows this
+    pool's tasks (those a producer sent with task-sent events stay listed as sent), and
+    its main process saves the time they take (up to half the rate of no-op tasks:
+    docs/benchmarks.md); Flower is then rendered with enable_events off, so that it does
+    not switch them back on. Delivery does not depend on them."""
     soft_shutdown_timeout: Seconds | None = None
     """Celery 5.5+: on stop, let running tasks go on this many seconds before the cold
     shutdown requeues them (worker_soft_shutdown_timeout)."""

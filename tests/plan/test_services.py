@@ -70,3 +70,17 @@ def test_workers_skip_mingle_and_gossip_unless_the_pool_asks_for_mingle() -> Non
     mingling = build_plan(site.model_copy(update={"workers": workers}), "/srv/rendered")
     argv = mingling.service("demo-worker-quick").argv
     assert "--without-gossip" in argv and "--without-mingle" not in argv
+
+
+def test_a_pool_without_task_events_keeps_them_off_and_flower_from_enabling_them() -> None:
+    from crate_deploy.plan.settings import flower_options, pool_settings
+
+    site = validate_file(EXAMPLES / "demo" / "site.yaml").site
+    assert "worker_send_task_events" not in pool_settings(site)["quick"]
+    assert "enable_events" not in flower_options(site, "/state")  # Flower's default: on
+    quick, *others = site.workers
+    quiet = site.model_copy(update={"workers": [
+        quick.model_copy(update={"task_events": False}), *others]})
+    assert pool_settings(quiet)["quick"]["worker_send_task_events"] is False
+    assert "worker_send_task_events" not in pool_settings(quiet)["slow"]
+    assert flower_options(quiet, "/state")["enable_events"] is False

@@ -54,6 +54,7 @@ SITE = """\
 """
 PROBE = """\
 import json, os
+from celery.utils.imports import symbol_by_name
 import crate_deploy_app as entry
 conf = entry.app.conf
 print(json.dumps({
@@ -65,6 +66,8 @@ print(json.dumps({
             conf["CELERY_BEAT_SCHEDULE"]["nightly"]["args"] if "CELERY_BEAT_SCHEDULE" in conf
             else conf["CELERYBEAT_SCHEDULE"]["nightly"]["args"],
     "flower_auth": os.environ.get("FLOWER_BASIC_AUTH"),
+    "consumer": [f"{c.__module__}:{c.__qualname__}"
+                 for c in symbol_by_name(entry.app.conf.worker_consumer).__mro__[:3]],
 }, default=repr))
 """
 
@@ -98,6 +101,33 @@ def test_resolved_urls_reach_celery_but_never_app_conf(rendered: Path, style: st
         f"amqp://demo:{SECRETS['BROKER_PASSWORD']}@127.0.0.1:5672//")
     assert seen["backend"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@127.0.0.1:6379/0"
     assert seen["flower_auth"] is None  # only the Flower unit sets it
+    # The worker's events go out on a connection without confirm waits (issue 12).
+    assert seen["consumer"] == ["crate_deploy_app:Consumer",
+                                "crate_deploy_app:_EventsWithoutConfirmWaits",
+                                "celery.worker.consumer.consumer:Consumer"]
+
+
+def test_the_applications_own_consumer_class_is_kept_under_the_events_mixin(
+        rendered: Path) -> None:
+    app = APPS["plain"] + textwrap.dedent("""\
+        from celery.worker.consumer import Consumer
+        class MyConsumer(Consumer):
+            pass
+        app.conf.worker_consumer = "theapp:MyConsumer"
+        """)
+    result = _import_entry(rendered, app, SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["consumer"][1:] == [
+        "crate_deploy_app:_EventsWithoutConfirmWaits", "theapp:MyConsumer"]
+
+
+def test_without_publisher_confirms_the_consumer_is_celerys_own(rendered: Path) -> None:
+    config = rendered / "crate_deploy_celeryconfig.py"
+    config.write_text(config.read_text().replace("'confirm_publish': True",
+                                                 "'confirm_publish': False"))
+    result = _import_entry(rendered, APPS["plain"], SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["consumer"][0] == "celery.worker.consumer.consumer:Consumer"
 
 
 def test_task_arguments_are_never_expanded(rendered: Path) -> None:

@@ -43,6 +43,7 @@ FULL: dict[str, Any] = {
                  "prefetch_multiplier": 2, "max_tasks_per_child": 100,
                  "max_memory_per_child": 200000, "soft_time_limit": 50.0, "time_limit": 60.0,
                  "acks_late": True, "reject_on_worker_lost": True, "log_level": "warning",
+                 "task_events": False,
                  "soft_shutdown_timeout": 10.0, "soft_shutdown_on_idle": True,
                  "detect_quorum_queues": True, "disable_prefetch": True, "stop_timeout": 120.0,
                  "mingle": True, "extra_args": ["--heartbeat-interval=5"]},

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from celery import bootsteps, signals
 from celery.app.utils import find_app
 from celery.schedules import crontab
+from celery.utils.imports import symbol_by_name
 
 import crate_deploy_celeryconfig as _rendered
 
@@ -165,6 +166,36 @@ def _delayed_delivery_through_the_live_node():
     DelayedDelivery.start = start
 
 
+class _EventsWithoutConfirmWaits:
+    """Mixed into the worker's consumer: its events go out without waiting, publish by
+    publish, for the broker's confirm.
+
+    With confirm_publish every publish on a connection blocks until the broker confirms
+    it. The worker's main process (prefork's bottleneck: it receives, dispatches and acks
+    every task) sends task-received, -started and -succeeded for Flower; profiled under
+    no-op tasks, 45% of its time went to publishing them and waiting for their confirms
+    (docs/benchmarks.md). An event protects no task: tasks are acknowledged on the
+    consumer's own connection after they ran, and results and the tasks a task sends go
+    from the pool's processes on the app's connections, still confirmed. Celery's
+    consumer opens its events connection, and only that one, with connection_for_write
+    (5.2 to 5.7; tests/integration/test_task_events.py checks it on both)."""
+
+    def connection_for_write(self, url=None, heartbeat=None):
+        connection = self.app.connection_for_write(
+            url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False})
+        return self.ensure_connected(connection)
+
+
+def _consumer_with_unconfirmed_events(configured):
+    """The consumer class the app configured (Celery's own unless it chose another),
+    with its events connection left without publisher confirms."""
+    base = symbol_by_name(configured)
+    if not all(callable(getattr(base, name, None))
+               for name in ("connection_for_write", "ensure_connected")):
+        return None  # not the Celery this was written against: leave its own behaviour
+    return type("Consumer", (_EventsWithoutConfirmWaits, base), {"__module__": __name__})
+
+
 def _start_heartbeat(**_):
     """Touch CRATE_DEPLOY_HEARTBEAT_FILE every few seconds from a thread of this (the
     worker's or beat's main) process: a Kubernetes liveness probe reads its age. It
@@ -191,7 +222,13 @@ def _namespaced(settings, namespace):
 
 
 app = find_app(APP_TARGET)
+_own_consumer = app.conf.worker_consumer
 app.conf.update(_namespaced(_settings(), getattr(app, "namespace", None)))
+if app.conf.broker_transport_options.get("confirm_publish"):
+    _Consumer = _consumer_with_unconfirmed_events(_own_consumer)
+    if _Consumer is not None:
+        app.conf.update(_namespaced({"worker_consumer": f"{__name__}:_Consumer"},
+                                    getattr(app, "namespace", None)))
 if _rendered._DEAD_LETTER_QUEUES:
     app.steps["consumer"].add(_DeadLetterQueues)
 if isinstance(_rendered.broker_url, list) and len(_rendered.broker_url) > 1:
