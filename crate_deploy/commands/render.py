@@ -34,7 +34,8 @@ from crate_deploy.plan.names import (
 )
 from crate_deploy.render import Rendering, render_site
 from crate_deploy.secrets import Masker
-from crate_deploy.site.model import PATH_PATTERN, Site
+from crate_deploy.site.fields import PATH_PATTERN
+from crate_deploy.site.model import Site
 from crate_deploy.site.sandbox import hidden_by_sandbox
 from crate_deploy.site.validate import (
     ValidatedSite,

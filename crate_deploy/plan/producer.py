@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from crate_deploy.plan.settings import Settings
-from crate_deploy.site.model import SECRET_REFERENCE, Site
+from crate_deploy.site.fields import SECRET_REFERENCE
+from crate_deploy.site.model import Site
 
 #: Settings a sending process needs, with their pre-4.0 (no namespace) names.
 OLD_NAMES: dict[str, str] = {

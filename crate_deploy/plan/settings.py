@@ -12,7 +12,8 @@ from typing import Any
 
 from crate_deploy.plan.names import FLOWER_DB_FILE
 from crate_deploy.site.checks import STOP_MARGIN, stop_timeout
-from crate_deploy.site.model import SECRET_REFERENCE, Queue, ScheduleEntry, Site, Worker
+from crate_deploy.site.fields import SECRET_REFERENCE
+from crate_deploy.site.model import Queue, ScheduleEntry, Site, Worker
 
 Settings = dict[str, Any]
 

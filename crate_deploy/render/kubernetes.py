@@ -27,8 +27,9 @@ from crate_deploy.plan.services import Plan, Service
 from crate_deploy.render.base import RenderedFile, Renderer
 from crate_deploy.render.config import plain_environment
 from crate_deploy.render.escape import kubernetes_expansion
+from crate_deploy.site.fields import SECRET_REFERENCE
 from crate_deploy.site.kubernetes import Kubernetes, KubernetesPool, Resources
-from crate_deploy.site.model import SECRET_REFERENCE, Site
+from crate_deploy.site.model import Site
 from crate_deploy.target.versions import TargetVersions
 
 MANIFEST_DIR = "kubernetes"

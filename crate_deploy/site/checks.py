@@ -9,9 +9,10 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterator
 from urllib.parse import urlsplit
 
+from crate_deploy.site.fields import SECRET_REFERENCE
 from crate_deploy.site.hosts import host_findings
 from crate_deploy.site.load import Loc, format_loc
-from crate_deploy.site.model import SECRET_REFERENCE, Site, Worker
+from crate_deploy.site.model import Site, Worker
 
 Finding = tuple[Loc, str, str]  # (where, message, "error" | "warning")
 

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from typing import Literal
 from urllib.parse import urlsplit
 
+from crate_deploy.site.fields import SECRET_REFERENCE
 from crate_deploy.site.load import Loc, format_loc
-from crate_deploy.site.model import SECRET_REFERENCE, Host, Site
+from crate_deploy.site.model import Host, Site
 
 Finding = tuple[Loc, str, str]  # (where, message, "error" | "warning"), as in checks.py
 

@@ -13,9 +13,10 @@ import re
 from collections.abc import Iterator
 
 from crate_deploy.site.checks import Finding, is_loopback
+from crate_deploy.site.fields import SECRET_REFERENCE
 from crate_deploy.site.kubernetes import DNS_LABEL_PATTERN, Keda
 from crate_deploy.site.load import Loc
-from crate_deploy.site.model import SECRET_REFERENCE, Site
+from crate_deploy.site.model import Site
 
 HERE: Loc = ("kubernetes",)
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")

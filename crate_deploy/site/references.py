@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from crate_deploy import facts
+from crate_deploy.site.fields import SECRET_REFERENCE
 from crate_deploy.site.load import Loc
-from crate_deploy.site.model import SECRET_REFERENCE, Site
+from crate_deploy.site.model import Site
 from crate_deploy.systemd.units import UnitError, parse_environment_file
 
 Finding = tuple[Loc, str, str]

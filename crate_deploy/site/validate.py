@@ -20,6 +20,13 @@ from crate_deploy.errors import Problem, SiteError
 from crate_deploy.plan.compat import version_findings
 from crate_deploy.site.checks import Finding, check_site
 from crate_deploy.site.compat_keys import check_compatibility
+from crate_deploy.site.fields import (
+    CELERY_VERSION_PATTERN,
+    FLOWER_VERSION_PATTERN,
+    HOSTNAME_PATTERN,
+    PATH_PATTERN,
+    USER_PATTERN,
+)
 from crate_deploy.site.kubernetes import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -29,14 +36,7 @@ from crate_deploy.site.kubernetes import (
     QUANTITY_PATTERN,
 )
 from crate_deploy.site.load import LoadedSite, Loc, load_site
-from crate_deploy.site.model import (
-    CELERY_VERSION_PATTERN,
-    FLOWER_VERSION_PATTERN,
-    HOSTNAME_PATTERN,
-    PATH_PATTERN,
-    USER_PATTERN,
-    Site,
-)
+from crate_deploy.site.model import Site
 from crate_deploy.site.partial import Pruned, model_at, prune
 from crate_deploy.site.references import check_references
 from crate_deploy.site.sandbox import check_sandbox

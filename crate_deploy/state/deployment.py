@@ -30,7 +30,8 @@ from crate_deploy.plan.names import (
 from crate_deploy.plan.placement import runs_flower
 from crate_deploy.plan.restarts import shared_config_files
 from crate_deploy.secrets import Masker
-from crate_deploy.site.model import SECRET_REFERENCE, Site
+from crate_deploy.site.fields import SECRET_REFERENCE
+from crate_deploy.site.model import Site
 from crate_deploy.state.envfile import EnvironmentFileError, read_environment_file
 
 

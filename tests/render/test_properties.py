@@ -36,16 +36,16 @@ from pydantic import ValidationError
 from crate_deploy.errors import SiteError
 from crate_deploy.render import RenderedFile, render_site, seconds
 from crate_deploy.site.checks import check_site
-from crate_deploy.site.load import parse_site
-from crate_deploy.site.model import (
+from crate_deploy.site.fields import (
     APP_PATTERN,
     DOTTED_PATTERN,
     ENV_NAME_PATTERN,
     NAME_PATTERN,
     QUEUE_PATTERN,
     ROUTE_PATTERN,
-    Site,
 )
+from crate_deploy.site.load import parse_site
+from crate_deploy.site.model import Site
 from crate_deploy.systemd.units import (
     parse_environment_file,
     parse_time_span,

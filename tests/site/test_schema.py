@@ -26,7 +26,8 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
 
 from crate_deploy.site.compat_keys import with_deprecated_keys
-from crate_deploy.site.model import URL_PATTERN, Site, Url
+from crate_deploy.site.fields import URL_PATTERN, Url
+from crate_deploy.site.model import Site
 from tests.conftest import EXAMPLES, ROOT
 
 SCHEMA = ROOT / "docs" / "site.schema.json"
