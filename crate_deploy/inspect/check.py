@@ -10,7 +10,6 @@ queue no pool consumes would wait there forever: that is an error, with the fix.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -22,9 +21,10 @@ import click
 
 from crate_deploy.errors import CrateDeployError
 from crate_deploy.inspect.preflight import Finding, preflight
-from crate_deploy.plan.names import APP_QUEUES_FILE, DEPLOYMENT_FILE, env_file_name
+from crate_deploy.plan.names import DEPLOYMENT_FILE, env_file_name
 from crate_deploy.site.load import Loc, format_loc, load_site
 from crate_deploy.site.model import Site
+from crate_deploy.state.app_queues import remember_app_queues
 from crate_deploy.state.deployment import (
     Deployment,
     load_deployment,
@@ -33,7 +33,6 @@ from crate_deploy.state.deployment import (
     recorded_site_path,
 )
 from crate_deploy.systemd.units import UnitError, parse_environment_file
-from crate_deploy.write import write_file_atomically
 
 REPORT_SCRIPT = Path(__file__).with_name("app_report.py")
 INHERITED = ("PATH", "LANG", "LC_ALL", "HOME", "TZ")
@@ -75,23 +74,6 @@ def app_findings(deployment: Deployment, secrets: dict[str, str],
             *task_findings(site, report["tasks"], locate),
             *_route_findings(report["unmatched_routes"], locate),
             *_beat_findings(site, {task["name"] for task in report["tasks"]}, locate)]
-
-
-def remember_app_queues(deployment: Deployment, queues: set[str]) -> None:
-    """Keep the queues the app sends to, so `status` can look for work stranded on them
-    even without the management API (a passive declare needs the name)."""
-    with contextlib.suppress(OSError):  # a read-only render directory: status asks less
-        write_file_atomically(deployment.directory / APP_QUEUES_FILE,
-                              json.dumps(sorted(queues)) + "\n")
-
-
-def app_queues(deployment: Deployment) -> list[str]:
-    """What the last `check` found the application sending to (none before a check)."""
-    try:
-        queues = json.loads((deployment.directory / APP_QUEUES_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return []
-    return [str(queue) for queue in queues] if isinstance(queues, list) else []
 
 
 def run_report(deployment: Deployment, python: Path, secrets: dict[str, str],

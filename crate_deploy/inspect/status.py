@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,12 +16,12 @@ import click
 
 from crate_deploy.errors import LaunchError
 from crate_deploy.inspect import cluster, probe
-from crate_deploy.inspect.check import app_queues
 from crate_deploy.inspect.hosts import flower_status, host_lines, host_summary
-from crate_deploy.inspect.stranded import stranded_queues
+from crate_deploy.inspect.stranded import StrandedQueue, stranded_queues
 from crate_deploy.plan.names import beat_unit
 from crate_deploy.plan.placement import runs_beat
 from crate_deploy.secrets import Masker
+from crate_deploy.state.app_queues import app_queues
 from crate_deploy.state.deployment import (
     Deployment,
     broker_urls,
@@ -50,13 +51,8 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
     nodes_fail, report["warnings"] = cluster.down_verdict(nodes, site.broker.tolerate_down)
     app = probe.control_app(urls, timeout=3.0)
     try:
-        health = probe.FleetHealth(
-            pools=probe.pool_health(app, site, probe.hostname(), timeout),
-            queues=probe.queue_depths(app, site, timeout),
-            flower=flower_status(site, deployment.host, flower_credentials(site, secrets)))
-        brokers = cluster.worker_brokers(
-            app, [pool.node for pool in health.pools if pool.answering], timeout)
-        stranded, looked = stranded_queues(app, site, urls, app_queues(deployment))
+        health, brokers, (stranded, looked) = _ask_the_fleet(app, deployment, urls, secrets,
+                                                             timeout)
     except probe.broker_errors(app) as exc:  # lost the broker after check_broker
         error = f"lost the broker connection: {mask(str(exc)) or type(exc).__name__}"
         report["broker"] = {"reachable": False, "error": error}
@@ -79,6 +75,26 @@ def status_command(directory: Path, *, as_json: bool, timeout: float = 1.0) -> i
         report["hosts"] = host_summary(site, health.pools, deployment.host, health.flower,
                                        beat_up)
     return _finish(report, as_json, mask, up=up)
+
+
+def _ask_the_fleet(app: Any, deployment: Deployment, urls: list[str], secrets: dict[str, str],
+                   timeout: float) -> tuple[probe.FleetHealth, dict[str, str],
+                                            tuple[list[StrandedQueue], str]]:
+    """The pools and queues (from the broker), which broker node each worker is on, the
+    stranded queues, and Flower (over HTTP, asked in the meantime, not after)."""
+    site = deployment.site
+    with ThreadPoolExecutor(max_workers=1) as background:
+        flower = background.submit(flower_status, site, deployment.host,
+                                   flower_credentials(site, secrets))
+        health = probe.FleetHealth(
+            pools=probe.pool_health(app, site, probe.hostname(), timeout),
+            queues=probe.queue_depths(app, site, timeout))
+        answering = [pool.node for pool in health.pools if pool.answering]
+        # Which node each worker is on matters only where there are several.
+        brokers = cluster.worker_brokers(app, answering, timeout) if len(urls) > 1 else {}
+        stranded = stranded_queues(app, site, urls, app_queues(deployment))
+        health.flower = flower.result()
+    return health, brokers, stranded
 
 
 def _processes(deployment: Deployment) -> dict[str, dict[str, Any]]:
