@@ -21,12 +21,15 @@ import tempfile
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crate_deploy.errors import LaunchError, RenderError
 from crate_deploy.folders import DIRECTORY_MODE, Folders, stage_at
 from crate_deploy.locking import take_lock
 from crate_deploy.plan.names import MANIFEST_FILE
-from crate_deploy.render import RenderedFile
+
+if TYPE_CHECKING:  # only named in annotations: a status or a stop need not load the renderers
+    from crate_deploy.render import RenderedFile
 
 
 @dataclass(frozen=True)
