@@ -128,7 +128,8 @@ def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0,
     nodes = fleet_nodes(site, hostname, share)
     asked = [node.name for node in nodes]
     if bound_only:
-        asked = [name for name in asked if listening_for_control(app, name) is not False]
+        listening = listening_for_control(app, asked)
+        asked = [name for name in asked if listening[name] is not False]
     replies = (app.control.ping(destination=asked, timeout=timeout, limit=len(asked))
                if asked else None) or []
     answering = {node for reply in replies for node in reply}
@@ -138,21 +139,42 @@ def pool_health(app: Any, site: Site, hostname: str, timeout: float = 1.0,
                        sorted(node.queues), node.host) for node in nodes]
 
 
-def listening_for_control(app: Any, node: str) -> bool | None:
-    """Whether node consumes its control queue (kombu's pidbox, NODE.celery.pidbox) yet,
-    by a passive declare; None where that cannot be told (not an AMQP broker: Redis
-    delivers control messages by pub/sub, with no queue to look at)."""
+def listening_for_control(app: Any, nodes: list[str]) -> dict[str, bool | None]:
+    """Whether each node consumes its control queue (kombu's pidbox, NODE.celery.pidbox)
+    yet, by passive declares over one connection; None where that cannot be told (not an
+    AMQP broker: Redis delivers control messages by pub/sub, with no queue to look at)."""
+    if not _is_amqp(app):
+        return dict.fromkeys(nodes)
+    queues = {f"{node}.celery.pidbox": node for node in nodes}
+    return {queues[queue]: (bool(answer[1]) if isinstance(answer, tuple) else
+                            _CONTROL_QUEUE_BY_REPLY.get(getattr(answer, "reply_code", None)))
+            for queue, answer in declare_passively(app, list(queues))}
+
+
+def _is_amqp(app: Any) -> bool:
+    connection = app.connection_for_write()  # not connected yet: only its transport named
+    try:
+        return bool(connection.transport.driver_type == "amqp")
+    finally:
+        connection.release()
+
+
+def declare_passively(app: Any, names: list[str]) -> list[tuple[str, tuple[int, int] | Exception]]:
+    """Each queue's (ready messages, consumers) as the broker answers a passive declare,
+    or the error it refused with (a missing queue, another connection's exclusive one),
+    over one connection. The broker closes a channel it refuses: each name gets its own."""
+    answers: list[tuple[str, tuple[int, int] | Exception]] = []
     with app.connection_for_write() as connection:
-        if connection.transport.driver_type != "amqp":
-            return None
-        channel = connection.channel()
-        try:
-            _, _, consumers = channel.queue_declare(queue=f"{node}.celery.pidbox", passive=True)
-        except connection.channel_errors as exc:  # the broker closed the channel
-            return _CONTROL_QUEUE_BY_REPLY.get(getattr(exc, "reply_code", None))
-        finally:
-            _close_quietly(channel)
-    return bool(consumers)
+        for name in dict.fromkeys(names):
+            channel = connection.channel()
+            try:
+                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
+                answers.append((name, (int(ready), int(consumers))))
+            except Exception as exc:
+                answers.append((name, exc))
+            finally:
+                _close_quietly(channel)
+    return answers
 
 
 # What a refused passive declare of a control queue says: 404, not declared yet; 405,
@@ -173,19 +195,10 @@ def queue_depths(app: Any, site: Site, timeout: float = 1.0,
     if nodes is None:
         nodes = {node.name for node in fleet_nodes(site, hostname())}
     unacked = _held_by_workers(app, nodes, timeout)
-    depths = []
-    with app.connection_for_write() as connection:
-        for name in site.queue_names:
-            channel = connection.channel()
-            try:
-                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
-                depths.append(QueueDepth(name, ready, unacked[name], consumers))
-            except Exception as exc:  # a missing queue closes the channel
-                depths.append(QueueDepth(name, None, unacked[name], None,
-                                         _short(exc) or "not declared yet"))
-            finally:
-                _close_quietly(channel)
-    return depths
+    return [QueueDepth(name, answer[0], unacked[name], answer[1])
+            if isinstance(answer, tuple) else
+            QueueDepth(name, None, unacked[name], None, _short(answer) or "not declared yet")
+            for name, answer in declare_passively(app, site.queue_names)]
 
 
 def flower_health(site: Site, credentials: tuple[str, str] | None,
@@ -230,9 +243,7 @@ def flower_lists_workers(site: Site, credentials: tuple[str, str] | None, nodes:
 def _flower_lists(site: Site, credentials: tuple[str, str], node: str,
                   timeout: float) -> bool:
     query = urllib.parse.urlencode({"refresh": 1, "workername": node})
-    request = urllib.request.Request(f"{_flower_base(site)}api/workers?{query}")  # noqa: S310
-    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
+    request = _request(f"{_flower_base(site)}api/workers?{query}", credentials)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             listed = json.loads(response.read())
@@ -267,10 +278,7 @@ def _held_by_workers(app: Any, nodes: set[str], timeout: float) -> Counter[str]:
 def http_status(url: str, credentials: tuple[str, str] | None = None,
                 timeout: float = 5.0) -> int | None:
     """The HTTP status a GET of url answers (None: nothing answered)."""
-    request = urllib.request.Request(url)  # noqa: S310 - http to the site's own Flower
-    if credentials:
-        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+    request = _request(url, credentials)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return int(response.status)
@@ -278,6 +286,15 @@ def http_status(url: str, credentials: tuple[str, str] | None = None,
         return exc.code
     except (OSError, ValueError):
         return None
+
+
+def _request(url: str, credentials: tuple[str, str] | None) -> urllib.request.Request:
+    """A GET of url (http to the site's own Flower), with Basic auth when given."""
+    request = urllib.request.Request(url)  # noqa: S310
+    if credentials:
+        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 def _short(exc: Exception) -> str:

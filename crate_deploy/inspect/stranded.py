@@ -15,7 +15,6 @@ parked tasks wait for `requeue` by design.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
 import urllib.error
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from crate_deploy.inspect.probe import declare_passively
 from crate_deploy.site.model import Site
 
 DEFAULT_QUEUE = "celery"  # what an app sends to when nothing tells it otherwise
@@ -59,8 +59,10 @@ def stranded_queues(app: Any, site: Site, urls: list[str], app_queues: list[str]
         source = (f"passive declares ({DEFAULT_QUEUE}, the site's queues and those `check` "
                   "saw the application send to)")
         names = [DEFAULT_QUEUE, *site.queue_names, *app_queues]
-    return [StrandedQueue(name, ready) for name, ready, consumers in _declared(app, names)
-            if ready and not consumers and is_work_queue(name)], source
+    # A queue that is not there (refused) holds nothing.
+    return [StrandedQueue(name, answer[0]) for name, answer in declare_passively(app, names)
+            if isinstance(answer, tuple) and answer[0] and not answer[1]
+            and is_work_queue(name)], source
 
 
 def management_queues(url: str, timeout: float,
@@ -84,18 +86,3 @@ def management_queues(url: str, timeout: float,
     return [(str(row["name"]), int(row.get("messages_ready") or 0), int(row.get("consumers") or 0))
             for row in rows if isinstance(row, dict) and "name" in row]
 
-
-def _declared(app: Any, names: list[str]) -> list[tuple[str, int, int]]:
-    found = []
-    with app.connection_for_write() as connection:
-        for name in dict.fromkeys(names):
-            channel = connection.channel()
-            try:
-                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
-                found.append((name, int(ready), int(consumers)))
-            except Exception:  # noqa: S110 - absent: nothing stranded there (closes the channel)
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    channel.close()
-    return found

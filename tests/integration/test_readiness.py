@@ -48,10 +48,10 @@ def _start_worker(site: DemoSite, node: str) -> subprocess.Popen[bytes]:
 def test_a_pool_is_pinged_once_its_control_queue_is_bound(site: DemoSite,
                                                          control: object) -> None:
     node = f"readiness-{site.vhost[-8:]}@localhost"
-    assert probe.listening_for_control(control, node) is False
+    assert probe.listening_for_control(control, [node])[node] is False
     worker = _start_worker(site, node)
     try:
-        wait_for(lambda: probe.listening_for_control(control, node), 60, 0.05,
+        wait_for(lambda: probe.listening_for_control(control, [node])[node], 60, 0.05,
                  what="the worker to consume its control queue")
         # Bound: one ping reaches it (a generous timeout; `limit` ends the wait at the reply).
         replies = control.control.ping(  # type: ignore[attr-defined]
@@ -60,6 +60,6 @@ def test_a_pool_is_pinged_once_its_control_queue_is_bound(site: DemoSite,
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-    wait_for(lambda: probe.listening_for_control(control, node) is False, 30, 0.2,
+    wait_for(lambda: probe.listening_for_control(control, [node])[node] is False, 30, 0.2,
              what="the control queue to go with its worker")
 
