@@ -19,6 +19,7 @@ from crate_deploy.render import render_site
 from crate_deploy.run import install, unit_watch
 from crate_deploy.run.failure import Failure
 from crate_deploy.run.install import INSTALL_MANIFEST, install_command
+from crate_deploy.run.launch import stop_command
 from crate_deploy.site.validate import validate_file
 from crate_deploy.state.deployment import load_deployment
 from crate_deploy.target.versions import NEWEST_KNOWN
@@ -391,3 +392,32 @@ def test_a_failed_user_launch_says_to_launch_again_with_user(
     assert (f"fix the cause, then `crate-deploy launch --systemd --user {deployment.directory}` "
             "starts them again") in said, said
 
+
+def test_stop_stops_the_target_of_a_fleet_under_systemd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`crate-deploy stop DIR` of a fleet launch --systemd started: `systemctl stop` of its
+    target (it said "nothing launched from DIR is running" and left the fleet running)."""
+    active = tmp_path / "active"  # while it exists, the stand-in says every unit is active
+    log = fake_systemctl(tmp_path, monkeypatch, f"""
+case "$*" in
+  *"--property=Id"*) [ -e {active} ] && for unit in "$@"; do case "$unit" in
+      --*|show) ;; *) printf 'Id=%s\\nActiveState=active\\n\\n' "$unit" ;; esac; done ;;
+  *" stop "*) rm -f {active} ;;
+esac""")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    out = render(user_site(tmp_path), tmp_path / "out")
+    assert stop_command(out) == 0
+    assert "nothing launched from" in capsys.readouterr().out  # not installed in systemd
+    assert install_command(out, user=True, root=None, wait=False) == 0
+    active.touch()
+    log.unlink()
+    assert stop_command(out, timeout=90) == 0
+    said = capsys.readouterr().out
+    assert "--user stop demo.target" in log.read_text().splitlines(), log.read_text()
+    assert ("crate-deploy: stopping demo.target (systemctl --user stop); running tasks may "
+            "take up to 90s to finish\ncrate-deploy: stopped demo.target; `systemctl --user "
+            "start demo.target` starts it again\n") in said, said
+    assert stop_command(out) == 0  # nothing active any more
+    assert "nothing launched from" in capsys.readouterr().out
