@@ -490,6 +490,8 @@ FILESYSTEM_QUESTIONS = re.compile(
 ASKED_ELSEWHERE = {
     "render/jinja.py": "which templates directory: the package's files are an input",
     "render/kubernetes.py": "a probe's command line (text), not a question",
+    "site/described.py": "the models' own source, read for `schema` and the reference only, "
+                         "never by a render",
     "target/stamp.py": "the venv stamp itself (facts.venv_stamp notes its answer)",
     "target/versions.py": "the probe, run only when deployment.json has no answer for the "
                           "venv's stamp (both in the record)",
