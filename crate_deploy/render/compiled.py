@@ -3,8 +3,8 @@
 Jinja turns each template into Python at every start: 15-25 ms of a first render of
 a small site, for the same code each time. Jinja keeps it here instead, keyed by the
 template's name and path, and uses it only while the sha1 of the template's source is
-the one it was compiled from. The folder's name covers what else the code depends on:
-Jinja's version, the Python, and the environment's compile-time options.
+the one it was compiled from. Each file's name starts with a digest of what else the
+code depends on: Jinja's version, the Python, and the environment's compile-time options.
 
 The cache holds code that this process runs (unpickles, then executes), so it is used
 only where nobody else can have written it: $XDG_CACHE_HOME/crate-deploy (else
