@@ -216,8 +216,8 @@ def build_cases(work: Path, program: str) -> list[Case]:
                        capture_output=True, check=True)
 
     # Output directories are kept until the end, not removed after each run: on ext4
-    # without a journal (this VM's root), a new file skips every inode freed in the last
-    # 30 seconds (recently_deleted() in fs/ext4/ialloc.c), so removing 1,008 files before
+    # without a journal (this VM's root), a new file skips every inode freed recently
+    # (recently_deleted() in fs/ext4/ialloc.c), so removing 1,008 files before
     # each round made the next round's 1,008 creates cost 0.3-0.6 s of kernel time: a
     # cost of the benchmark, not of a render into an empty directory.
     def fresh_render(site: Path) -> Callable[[], Timing]:
