@@ -30,6 +30,10 @@ Cases:
                  with apply_changes), with a fresh Jinja environment each round
                  (templates compiled every time, as a process would), imports excluded
 
+crate-deploy's bytecode is written first (--no-compile: not), as an installed package has
+it; output directories are kept until the end (removing them between rounds slows the
+next round's file creation on ext4 without a journal: see fresh_render).
+
 Targets (issue 12): an unchanged render within 1.1x the import floor, a first render
 within 2.0x; the 1000-pool site's first render into an empty directory under 1 s.
 --profile adds `python -X importtime` of a render (cumulative import time by module),
@@ -136,6 +140,19 @@ def generate_big_site(path: Path, pools: int = BIG_POOLS) -> None:
     path.write_text(yaml.safe_dump(site, sort_keys=False), encoding="utf-8")
 
 
+def compile_bytecode() -> None:
+    """Write crate-deploy's own bytecode (__pycache__) before timing, as pip does for every
+    library it installs (the floor's yaml, jinja2 and pydantic load theirs). An editable
+    install under PYTHONDONTWRITEBYTECODE=1 (set in this project's sessions) never writes
+    it, and then every run compiled crate-deploy's ~60 modules from source: 40-50 ms of a
+    render that no installed crate-deploy pays."""
+    import compileall
+
+    import crate_deploy
+
+    compileall.compile_dir(Path(crate_deploy.__file__).parent, quiet=1)
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     ordered = sorted(samples)
@@ -198,13 +215,15 @@ def build_cases(work: Path, program: str) -> list[Case]:
         subprocess.run([program, "render", str(site), "-o", str(directory)],
                        capture_output=True, check=True)
 
+    # Output directories are kept until the end, not removed after each run: on ext4
+    # without a journal (this VM's root), a new file skips every inode freed recently
+    # (recently_deleted() in fs/ext4/ialloc.c), so removing 1,008 files before
+    # each round made the next round's 1,008 creates cost 0.3-0.6 s of kernel time: a
+    # cost of the benchmark, not of a render into an empty directory.
     def fresh_render(site: Path) -> Callable[[], Timing]:
         def run() -> Timing:
             directory = Path(tempfile.mkdtemp(prefix="out-", dir=work))
-            try:
-                return timed_process([program, "render", str(site), "-o", str(directory)])
-            finally:
-                shutil.rmtree(directory)
+            return timed_process([program, "render", str(site), "-o", str(directory)])
         return run
 
     def in_process(site: Path) -> Callable[[], Timing]:
@@ -225,17 +244,14 @@ def build_cases(work: Path, program: str) -> list[Case]:
 
     def in_process_write(site: Path) -> Callable[[], Timing]:
         def run() -> Timing:
-            directory = Path(tempfile.mkdtemp(prefix="out-", dir=work))
-            try:
-                render_jinja.environment.cache_clear()
-                cpu, start = time.process_time(), time.perf_counter()
-                validated = validate_file(site)
-                versions, _ = choose_versions(validated.site, directory)
-                rendering = render_site(validated.site, str(site), str(directory), versions)
-                apply_changes(directory, plan_changes(directory, rendering.files))
-                return time.perf_counter() - start, time.process_time() - cpu
-            finally:
-                shutil.rmtree(directory)
+            directory = Path(tempfile.mkdtemp(prefix="out-", dir=work))  # kept: see above
+            render_jinja.environment.cache_clear()
+            cpu, start = time.process_time(), time.perf_counter()
+            validated = validate_file(site)
+            versions, _ = choose_versions(validated.site, directory)
+            rendering = render_site(validated.site, str(site), str(directory), versions)
+            apply_changes(directory, plan_changes(directory, rendering.files))
+            return time.perf_counter() - start, time.process_time() - cpu
         return run
 
     python = sys.executable
@@ -268,7 +284,7 @@ def build_cases(work: Path, program: str) -> list[Case]:
         Case("big-inprocess", f"{BIG_POOLS}-pool site in-process: validate + render + plan",
              in_process(big)),
         Case("big-inprocess-write", f"{BIG_POOLS}-pool site in-process, and written "
-             "(apply_changes, one fsync per file) into an empty directory",
+             "(apply_changes, one syncfs) into an empty directory",
              in_process_write(big)),
     ]
 
@@ -320,7 +336,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"{info['date']} · {info['nproc']} CPU(s), {info['cpu']} · Linux {info['kernel']} · "
         f"Python {info['python']} · {versions} · commit {info['git_commit']} · "
-        f"{result['reps']} interleaved rounds · load average before/after "
+        f"{result['reps']} interleaved rounds · crate-deploy's bytecode "
+        f"{info.get('bytecode', 'as found')} · load average before/after "
         f"{info['loadavg_before'][0]:.2f}/{info['loadavg'][0]:.2f}",
         "",
         "| case | what | median ms | min ms | p90 ms | median / floor | CPU median ms "
@@ -455,8 +472,7 @@ def phase_profile(work: Path, repeats: int = 7) -> str:
             apply_changes(directory, changes)
             marks.append(time.perf_counter())
             plan_changes(directory, rendering.files)
-            marks.append(time.perf_counter())
-            shutil.rmtree(directory)
+            marks.append(time.perf_counter())  # directory kept: see fresh_render
             for index, name in enumerate(("load", "validate", "render", "plan", "write",
                                           "replan")):
                 steps.setdefault(name, []).append(marks[index + 1] - marks[index])
@@ -471,6 +487,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the round order")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="do not write crate-deploy's bytecode first (measure what is "
+                             "there: from source under PYTHONDONTWRITEBYTECODE)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile: -X importtime of a render, cProfile of the "
                              "1000-pool render")
@@ -478,6 +497,8 @@ def main() -> None:
     if args.reps < 2:
         parser.error("--reps must be at least 2")
     program = crate_deploy_program()
+    if not args.no_compile:
+        compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="render-bench-") as name:
         work = Path(name)
         cases = build_cases(work, program)
@@ -485,6 +506,7 @@ def main() -> None:
         run_rounds(cases, args.reps, args.warmup, args.seed)
         result = report(cases, machine())
         result["machine"]["loadavg_before"] = load_before
+        result["machine"]["bytecode"] = "as found" if args.no_compile else "compiled first"
         print(markdown(result))
         if args.profile:
             result["profile"] = {"imports": import_profile(program, work),

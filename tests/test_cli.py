@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -168,3 +169,11 @@ def test_ctrl_c_exits_130() -> None:
     _, err = result.communicate(timeout=60)
     assert result.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_main_called_in_a_process_leaves_its_garbage_collection_alone(
+        run_cli: Callable[..., Result]) -> None:
+    """Only the program, about to exit, freezes its objects (cli.main): a caller that goes
+    on, like this test run, keeps collecting them."""
+    assert run_cli("validate", EXAMPLES / "site.yaml").code == 0
+    assert gc.get_freeze_count() == 0

@@ -100,10 +100,9 @@ def schema(markdown: bool, example: Path | None) -> int:
         data = load_site(example).data if example else None
         click.echo(markdown_reference(data), nl=False)
         return 0
-    from crate_deploy.site.compat_keys import with_deprecated_keys
-    from crate_deploy.site.model import Site
+    from crate_deploy.site.described import site_schema
 
-    click.echo(json.dumps(with_deprecated_keys(Site.model_json_schema()), indent=2))
+    click.echo(json.dumps(site_schema(), indent=2))
     return 0
 
 

@@ -447,8 +447,12 @@ def test_every_file_a_render_reads_is_in_its_record(scenario: Scenario, tmp_path
     asked = {argument for _, argument, _ in record["facts"]}
     venvs = {os.path.dirname(os.path.dirname(os.path.realpath(argument)))
              for kind, argument, _ in record["facts"] if kind == "stamp"}
+    # The compiled-template cache (render/compiled.py) is no input: Jinja uses a compiled
+    # template only while its source is the one it was compiled from.
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                         "crate-deploy")
     own = [sys.prefix, sys.base_prefix, str(ROOT / "crate_deploy"), str(ROOT / "templates"),
-           os.path.realpath(scenario.out), *venvs, "/dev/null"]
+           os.path.realpath(scenario.out), *venvs, "/dev/null", os.path.realpath(cache)]
     # Relative names are opened in the output directory through its descriptor (the fast
     # path and the record); the log is the hook's own; /proc/self/stat says when the
     # process started (a module file changed since leaves no record).
@@ -490,6 +494,10 @@ FILESYSTEM_QUESTIONS = re.compile(
 ASKED_ELSEWHERE = {
     "render/jinja.py": "which templates directory: the package's files are an input",
     "render/kubernetes.py": "a probe's command line (text), not a question",
+    "render/compiled.py": "compiled templates, used only while the template's source is "
+                          "the one they were compiled from: never a different output",
+    "site/described.py": "the models' own source, read for `schema` and the reference only, "
+                         "never by a render",
     "target/stamp.py": "the venv stamp itself (facts.venv_stamp notes its answer)",
     "target/versions.py": "the probe, run only when deployment.json has no answer for the "
                           "venv's stamp (both in the record)",

@@ -12,8 +12,8 @@ import yaml
 
 from crate_deploy import __version__
 from crate_deploy.site import compat_keys
-from crate_deploy.site.compat_keys import Renamed, with_deprecated_keys
-from crate_deploy.site.model import Site
+from crate_deploy.site.compat_keys import Renamed
+from crate_deploy.site.described import site_schema
 from crate_deploy.site.reference import markdown_reference
 from crate_deploy.site.validate import validate_file
 from tests.conftest import MINIMAL, Result
@@ -137,9 +137,9 @@ def test_the_schema_accepts_old_spellings_as_deprecated(monkeypatch: pytest.Monk
     document = yaml.safe_load(textwrap.dedent(MINIMAL + "        processes: 3\n"))
     assert document["workers"][0]["processes"] == 3
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(document, with_deprecated_keys(Site.model_json_schema()))
+        jsonschema.validate(document, site_schema())
     monkeypatch.setattr(compat_keys, "DEPRECATED_KEYS", TEST_RENAMES)
-    schema = with_deprecated_keys(Site.model_json_schema())
+    schema = site_schema()
     jsonschema.validate(document, schema)
     processes = schema["$defs"]["Worker"]["properties"]["processes"]
     assert processes["deprecated"] is True
