@@ -171,6 +171,24 @@ def _mandatory_publishes(site: Site) -> bool:
     return scheme in ("amqp", "amqps", "pyamqp") and site.broker.confirm_publish
 
 
+def delivery_note(site: Site) -> str | None:
+    """What render says when `delivery: fast` leaves results as they were: the site
+    then trades events and log lines only, and should not believe otherwise."""
+    backend = site.results.backend
+    if site.delivery != "fast" or backend is None or delivery_settings(site)[
+            "unconfirmed_results"]:
+        return None
+    scheme = site.broker.urls[0].partition("://")[0]
+    if not backend.startswith("rpc://"):
+        why = f"{backend.partition('://')[0]}:// results never waited for a publisher confirm"
+    elif scheme in ("amqp", "amqps", "pyamqp"):
+        why = "broker.confirm_publish is false, so nothing waited for a confirm"
+    else:
+        why = f"a {scheme}:// broker has no publisher confirms"
+    return (f"delivery: fast: results go out as before, {why}; fast turns off only task "
+            "events and per-task log lines")
+
+
 def _sent_events(site: Site) -> bool:
     """task-sent events, for Flower. Under `delivery: fast` only while a pool sends the
     events that follow them: else Flower would list every task as sent, forever, and each

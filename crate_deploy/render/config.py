@@ -17,6 +17,7 @@ from crate_deploy.plan.services import Plan
 from crate_deploy.plan.settings import (
     celery_settings,
     dead_letter_queues,
+    delivery_note,
     delivery_settings,
     flower_options,
     pool_settings,
@@ -40,6 +41,8 @@ class ConfigRenderer(Renderer):
         site, versions = self.site, self.versions
         settings, notes = drop_unknown(celery_settings(site), versions)
         self.notes.extend(notes)
+        if note := delivery_note(site):
+            self.notes.append(note)
         files = [
             self.file(f"{names.APP_MODULE}.py", "config/app.py.j2", app=site.app),
             self.file(f"{names.CONFIG_MODULE}.py", "config/celeryconfig.py.j2",

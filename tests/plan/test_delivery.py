@@ -9,6 +9,7 @@ import pytest
 
 from crate_deploy.plan.settings import (
     celery_settings,
+    delivery_note,
     delivery_settings,
     flower_options,
     pool_settings,
@@ -79,3 +80,6 @@ def test_fast_results_change_applies_to_confirmed_rpc_results_only(
     site = _site("fast", **changes)
     assert delivery_settings(site)["unconfirmed_results"] is False
     assert delivery_settings(site)["quiet_task_logs"] == ["quick", "slow"]
+    note = delivery_note(site)  # render says so (no results at all: nothing to say)
+    assert (note is None) is (site.results.backend is None), note
+    assert delivery_note(_site("fast")) is None and delivery_note(_site()) is None
