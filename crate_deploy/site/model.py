@@ -322,8 +322,8 @@ class Site(Strict):
     broker: Broker
     """The message broker."""
     delivery: Literal["reliable", "fast"] = "reliable"
-    """reliable: every publish waits for the broker's confirm, pools send task events
-    for Flower and log two INFO lines per task. fast (docs/reliability.md): what stays
+    """reliable: results, like tasks, wait for the broker's confirm; pools send task
+    events for Flower and log two INFO lines per task. fast (docs/reliability.md): what stays
     the same is what keeps a task from being lost (late acks, durable queues, persistent
     and confirmed task publishes, from producers, beat and tasks); what goes is rpc://
     results' confirm waits (a result lost with a dropped connection: the caller's get()
