@@ -246,21 +246,24 @@ class _ResultProducers:
 
 
 def _results_without_confirm_waits(app):
-    """Publish rpc:// results without waiting for the broker's confirm; True if done."""
+    """Publish rpc:// results without waiting for the broker's confirm."""
     global _RPCBackend
     from celery.backends.rpc import RPCBackend
 
     amqp = app.amqp
     if not (isinstance(getattr(type(amqp), "producer_pool", None), property)
             and callable(getattr(RPCBackend, "store_result", None))):
-        return False  # not the Celery this was written against: leave its own behaviour
+        # Not the Celery this was written against: leave its own behaviour, and say so.
+        logging.getLogger(__name__).warning(
+            "crate-deploy: delivery: fast: this Celery's rpc:// backend is not one "
+            "crate-deploy knows; results keep their confirm waits")
+        return
     amqp.__class__ = type("AMQP", (_ResultProducers, type(amqp)), {"__module__": __name__})
     _RPCBackend = type("RPCBackend", (_ResultsWithoutConfirmWaits, RPCBackend),
                        {"__module__": __name__})
     # The backend named by the URL's scheme: rpc:// stays the URL everyone sees.
     app.loader.override_backends = {**app.loader.override_backends,
                                     "rpc": f"{__name__}:_RPCBackend"}
-    return True
 
 
 def _fast_delivery(app, pool):
