@@ -150,7 +150,9 @@ def launch(directory: Path, timeout: float, use_systemd: bool, user: bool,
 @click.option("--timeout", type=float, help="Seconds to wait (default: the longest stop "
               "timeout of the units, plus 30).")
 def stop(directory: Path, timeout: float | None) -> int:
-    """Stop a foreground launch warmly: running tasks finish."""
+    """Stop the fleet warmly: running tasks finish.
+
+    A foreground launch, or the target of one launched with --systemd."""
     from crate_deploy.run.launch import stop_command
 
     return stop_command(directory, timeout=timeout)

@@ -150,13 +150,20 @@ def _fix(site: Site, name: str, own: str, wanted: str, consumed: dict[str, int],
     if wanted in consumed and wanted != own:
         return (f"the site sends it to {wanted!r}; the application's task senders do not use the "
                 f"site's routing: wire crate_deploy_producer into them (docs/producers.md, "
-                f"app_settings.style: {site.app_settings.style}), then move what is stranded with "
-                f"`crate-deploy requeue --stranded {own}`; or consume {own!r} as it is: declare "
-                f"it under queues and add it to a pool's queues ({pools})")
+                f"app_settings.style: {site.app_settings.style}), then {_move_stranded(site, own)}"
+                f"; or consume {own!r} as it is: declare it under queues and add it to a pool's "
+                f"queues ({pools})")
     if own in site.queue_names:
         return f"add {own!r} to a pool's queues ({pools})"
     return (f"add `{name}: {site.main_queue}` under routes ({locate(('routes',))}), or declare "
             f"queue {own!r} and add it to a pool's queues")
+
+
+def _move_stranded(site: Site, queue: str) -> str:
+    if site.broker.urls[0].startswith(("amqp", "pyamqp")):
+        return f"move what is stranded with `crate-deploy requeue --stranded {queue}`"
+    # requeue moves messages with RabbitMQ's own protocol; Redis has no such move.
+    return f"send again what is stranded in {queue!r} (requeue works with RabbitMQ only)"
 
 
 def _version_findings(deployment: Deployment, versions: dict[str, str | None]

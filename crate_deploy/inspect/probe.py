@@ -159,19 +159,29 @@ def _is_amqp(app: Any) -> bool:
         connection.release()
 
 
-def declare_passively(app: Any, names: list[str]) -> list[tuple[str, tuple[int, int] | Exception]]:
+QueueAnswer = tuple[int, int | None]  # (ready messages, consumers; None: not countable)
+
+
+def declare_passively(app: Any, names: list[str]) -> list[tuple[str, QueueAnswer | Exception]]:
     """Each queue's (ready messages, consumers) as the broker answers a passive declare,
     or the error it refused with (a missing queue, another connection's exclusive one),
-    over one connection. The broker closes a channel it refuses: each name gets its own."""
-    answers: list[tuple[str, tuple[int, int] | Exception]] = []
+    over one connection. The broker closes a channel it refuses: each name gets its own.
+
+    On a broker kombu emulates (Redis), a queue is a list that exists only while it holds
+    messages, so "no such queue" means empty, and consumers are not counted (kombu
+    answers 0 whoever consumes): they are None there, never a false 0."""
+    amqp = _is_amqp(app)
+    answers: list[tuple[str, QueueAnswer | Exception]] = []
     with app.connection_for_write() as connection:
         for name in dict.fromkeys(names):
             channel = connection.channel()
             try:
                 _, ready, consumers = channel.queue_declare(queue=name, passive=True)
-                answers.append((name, (int(ready), int(consumers))))
+                answers.append((name, (int(ready), int(consumers) if amqp else None)))
             except Exception as exc:
-                answers.append((name, exc))
+                # (kombu names the code as the string "404" here, py-amqp as an int)
+                empty = not amqp and str(getattr(exc, "reply_code", "")) == "404"
+                answers.append((name, (0, None) if empty else exc))
             finally:
                 _close_quietly(channel)
     return answers

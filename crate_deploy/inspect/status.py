@@ -206,7 +206,14 @@ def _columns(rows: list[tuple[str, str, str, str]]) -> list[str]:
 def _stranded_lines(stranded: dict[str, Any] | None) -> list[str]:
     if not stranded:
         return []
-    return [f"STRANDED {queue['name']}: {queue['ready']} message(s) and no consumer: no pool "
-            f"of this site consumes it (`crate-deploy check` names the tasks sent there; "
-            f"`crate-deploy requeue --stranded {queue['name']}` moves them)"
-            for queue in stranded["queues"]]
+    return [_stranded_line(queue) for queue in stranded["queues"]]
+
+
+def _stranded_line(queue: dict[str, Any]) -> str:
+    # Consumers are counted, and requeue can move messages, on RabbitMQ only (not Redis).
+    rabbitmq = queue.get("consumers") is not None
+    return (f"STRANDED {queue['name']}: {queue['ready']} message(s)"
+            f"{' and no consumer' if rabbitmq else ''}: no pool of this site consumes it "
+            "(`crate-deploy check` names the tasks sent there"
+            + (f"; `crate-deploy requeue --stranded {queue['name']}` moves them)" if rabbitmq
+               else ")"))

@@ -35,6 +35,7 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 class StrandedQueue:
     name: str
     ready: int
+    consumers: int | None = 0  # None: the broker cannot count them (Redis)
 
 
 def is_work_queue(name: str) -> bool:
@@ -59,10 +60,14 @@ def stranded_queues(app: Any, site: Site, urls: list[str], app_queues: list[str]
         source = (f"passive declares ({DEFAULT_QUEUE}, the site's queues and those `check` "
                   "saw the application send to)")
         names = [DEFAULT_QUEUE, *site.queue_names, *app_queues]
+    # A queue a pool of the site consumes is not stranded when nothing consumes it: its
+    # pool is down, which status reports as such (and `requeue --stranded` refuses it).
+    consumed = {queue for worker in site.workers for queue in worker.queues}
+    names = [name for name in names if name not in consumed and is_work_queue(name)]
     # A queue that is not there (refused) holds nothing.
-    return [StrandedQueue(name, answer[0]) for name, answer in declare_passively(app, names)
-            if isinstance(answer, tuple) and answer[0] and not answer[1]
-            and is_work_queue(name)], source
+    return [StrandedQueue(name, answer[0], answer[1])
+            for name, answer in declare_passively(app, names)
+            if isinstance(answer, tuple) and answer[0] and not answer[1]], source
 
 
 def management_queues(url: str, timeout: float,

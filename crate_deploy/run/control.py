@@ -1,4 +1,5 @@
-"""Operator commands on a running fleet: `restart [SERVICE]`, and the names they take.
+"""Operator commands on a running fleet: `restart [SERVICE]` (and `stop` under systemd),
+and the names they take.
 
 A foreground launch is asked through a request file in the output directory (mode
 0600, written atomically) and SIGUSR1 to the launch process, after its pid has been
@@ -174,9 +175,34 @@ def _restart_systemd(deployment: Deployment, services: list[str],
                           timeout=timeout if timeout is not None else 120.0)
 
 
-def _systemctl(deployment: Deployment, *args: str) -> None:
+def stop_systemd(deployment: Deployment, timeout: float) -> int | None:
+    """`stop` of a fleet launch --systemd started: `systemctl stop TARGET`, which returns
+    once every service has stopped warmly (the units are ordered after their target).
+    None when none of its services is active under a manager that answers here."""
+    from crate_deploy.run.unit_watch import active_units
+
+    user = _user(deployment)
+    if not _installed_in_systemd(deployment) or manager_problem(user) is not None:
+        return None
+    if not active_units(deployment.services, user=user):
+        return None
+    scope, target = " --user" if user else "", deployment.target
+    click.echo(f"crate-deploy: stopping {target} (systemctl{scope} stop); running tasks may "
+               f"take up to {timeout:g}s to finish")
+    try:
+        _systemctl(deployment, "stop", target, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"{target} did not stop within {timeout:g}s: see "
+                          f"`systemctl{scope} status {target}`") from None
+    # Still enabled: the next boot (or login) starts it, as it would a stopped unit.
+    click.echo(f"crate-deploy: stopped {target}; `systemctl{scope} start {target}` starts "
+               "it again")
+    return 0
+
+
+def _systemctl(deployment: Deployment, *args: str, timeout: float = 900) -> None:
     argv = ["systemctl", *(["--user"] if _user(deployment) else []), *args]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
     if result.returncode != 0:
         said = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
         raise LaunchError(f"`{' '.join(argv)}` failed: {said}")

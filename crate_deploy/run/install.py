@@ -36,7 +36,13 @@ from crate_deploy.state.deployment import (
     load_deployment,
     read_secrets,
 )
-from crate_deploy.write import FileChange, apply_install, plan_install, read_install_record
+from crate_deploy.write import (
+    FileChange,
+    apply_install,
+    ensure_directory,
+    plan_install,
+    read_install_record,
+)
 
 INSTALL_MANIFEST = ".crate-deploy-installed.json"
 SYSTEM_UNIT_DIR = "/etc/systemd/system"
@@ -62,6 +68,8 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
     if live and start:  # before anything starts: an empty password lets anyone into Flower
         check_flower_passwords(deployment.site, read_secrets(deployment.site))
     prefix = root or Path("/")
+    if user:
+        _make_state_directory(deployment)
     changes, restart = _install(deployment, prefix, systemctl, live=live)
     try:
         systemctl.run("enable", *deployment.units)
@@ -70,8 +78,8 @@ def install_command(directory: Path, *, user: bool, root: Path | None,
             raise
         # On a systemd host, `systemctl --user enable` needs the user's manager too:
         # say why it is missing rather than systemctl's "Failed to connect to bus".
-        click.echo(f"crate-deploy: {problem}: the units are installed in "
-                   f"{_installed_units(deployment)} but not enabled", err=True)
+        click.echo(f"crate-deploy: the units are installed in {_installed_units(deployment)} "
+                   f"but not enabled: {problem}", err=True)
         return 1
     click.echo(f"enabled: {' '.join(deployment.units)}")
     changed = sum(change.status != "unchanged" for change in changes)
@@ -114,6 +122,18 @@ def _install(deployment: Deployment, prefix: Path, systemctl: _Systemctl, *,
     if live and any(change.status != "unchanged" for change in changes):
         systemctl.run("daemon-reload")
     return changes, services_to_restart(deployment, changes, record.config, config).restart
+
+
+def _make_state_directory(deployment: Deployment) -> None:
+    """A user unit has no StateDirectory= (that would be under ~/.local/state, not the
+    state_dir the site names) and nothing makes the directory for it, so Flower and beat
+    would fail at their first write: make it, as a foreground launch does (0700, the
+    launching user's, who is the one the units run as)."""
+    try:
+        ensure_directory(Path(deployment.state_dir), mode=0o700)
+    except OSError as exc:
+        raise LaunchError(f"cannot create the state directory {deployment.state_dir}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _checked_scope(deployment: Deployment, user: bool) -> Deployment:
@@ -214,10 +234,21 @@ def manager_problem(user: bool) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"no systemd user manager answers ({exc})"
     if result.returncode != 0:
-        return (f"no systemd user manager answers for {_user_name()} "
-                f"({result.stderr.strip() or 'systemctl --user failed'}); log in, or "
-                f"`loginctl enable-linger {_user_name()}`")
+        return _no_user_manager(result.stderr.strip() or "systemctl --user failed")
     return None
+
+
+def _no_user_manager(said: str) -> str:
+    """Why `systemctl --user` found no manager, and what to do: without XDG_RUNTIME_DIR
+    (`runuser -u` does not set it) it cannot look, even where one runs."""
+    name, runtime = _user_name(), f"/run/user/{os.getuid()}"
+    start = f"log in, or `loginctl enable-linger {name}`"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return f"no systemd user manager answers for {name} ({said}); {start}"
+    running = Path(runtime, "systemd", "private").is_socket()
+    return (f"no systemd user manager answers for {name} ({said}): XDG_RUNTIME_DIR is not "
+            f"set, and systemctl --user finds the manager through it; run with "
+            f"XDG_RUNTIME_DIR={runtime}" + ("" if running else f" once one runs ({start})"))
 
 
 def _not_started(deployment: Deployment, restart: list[str], summary: str, *,

@@ -31,6 +31,7 @@ from crate_deploy.run.control import (
     narrowed,
     resolve_services,
     restart_on_signal,
+    stop_systemd,
 )
 from crate_deploy.run.failure import EarlyExits
 from crate_deploy.run.guard import (
@@ -148,7 +149,8 @@ def _launch(deployment: Deployment, timeout: float, only: Sequence[str]) -> int:
 
 
 def stop_command(directory: Path, *, timeout: float | None = None) -> int:
-    """Ask a foreground launch (found through its state file) to stop, and wait for it."""
+    """Ask a foreground launch (found through its state file) to stop, and wait for it;
+    or stop the target of a fleet launched under systemd."""
     deployment = load_deployment(directory)
     pid = launcher_pid(deployment)
     limit = timeout if timeout is not None else longest_stop(deployment) + 30.0
@@ -156,6 +158,9 @@ def stop_command(directory: Path, *, timeout: float | None = None) -> int:
         living = orphans(deployment)
         if living:
             return stop_orphans(deployment, living, limit)
+        stopped = stop_systemd(deployment, limit)
+        if stopped is not None:
+            return stopped
         print(f"{NAME}: nothing launched from {directory} is running")
         return 0
     try:

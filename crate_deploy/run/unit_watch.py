@@ -211,14 +211,15 @@ def wait_for_units(deployment: Deployment, watch: UnitWatch, *, timeout: float) 
     if ready:
         watch.early.ready.set()
         return 0
+    scope = " --user" if watch.user else ""
     if watch.failure is not None:
         if watch.stopped:
             say(f"stopped {', '.join(watch.stopped)} (started by this run; systemd would "
                 "restart a failing unit into the same failure): fix the cause, then "
-                f"`crate-deploy launch --systemd {deployment.directory}` starts them again")
+                f"`crate-deploy launch --systemd{scope} {deployment.directory}` starts them "
+                "again")
         return report_failure(say, watch.failure)
     report_not_ready(say, watch.early, watch.journal)
-    scope = " --user" if watch.user else ""
     click.echo(f"crate-deploy: see `systemctl{scope} status {deployment.target}` and "
                f"`journalctl{scope} -u {deployment.services[0]}`", err=True)
     return 1

@@ -198,6 +198,27 @@ def _failover(site: Site) -> Iterator[Finding]:
                f"most {len(site.broker.urls) - 1}", "error")
 
 
+def _rabbitmq_only(site: Site) -> Iterator[Finding]:
+    """Keys only RabbitMQ honours: on Redis they would change nothing and promise what
+    the broker does not do (a delivery limit, dead letters, confirmed sends)."""
+    scheme = site.broker.urls[0].partition("://")[0]
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        return
+    why = f"the broker is {scheme}://, which has no {{}}; remove {{}} (RabbitMQ only)"
+    for index, queue in enumerate(site.queues):
+        here = ("queues", index)
+        if queue.type == "quorum":
+            yield ((*here, "type"), why.format("quorum queues", "it"), "error")
+        if queue.delivery_limit is not None:
+            yield ((*here, "delivery_limit"), why.format("delivery limit", "it"), "error")
+        if queue.dead_letter:
+            yield ((*here, "dead_letter"), why.format("dead-lettering", "it"), "error")
+    if site.default_queue_type is not None:
+        yield (("default_queue_type",), why.format("queue types", "it"), "error")
+    if "confirm_publish" in site.broker.model_fields_set:
+        yield (("broker", "confirm_publish"), why.format("publisher confirms", "it"), "error")
+
+
 def _flower(site: Site) -> Iterator[Finding]:
     flower = site.flower
     if not flower.enabled:
@@ -291,6 +312,7 @@ RULES: dict[str, Callable[[Site], Iterator[Finding]]] = {
     "unique names": _unique_names, "queue references": _queue_references,
     "unused queues": _unused_queues, "pool options": _pool_options,
     "stop timeouts": _stop_timeouts, "extra args": _extra_args, "failover": _failover,
+    "rabbitmq only": _rabbitmq_only,
     "flower": _flower, "secrets": _secrets, "executable": _executable,
     "schedule": _schedule, "environment": _environment, "hosts": host_findings,
 }

@@ -44,7 +44,7 @@ venv: {venv}
 working_directory: {work}
 secrets_file: {secrets}
 broker:
-  urls: ["amqp://guest:${{BROKER_PASSWORD}}@127.0.0.1:5672//"]
+  urls: ["{broker}"]
 queues: [{{name: main}}, {{name: mail}}]
 default_queue: main
 routes:
@@ -63,7 +63,8 @@ def shop(tmp_path: Path, run_cli: Callable[..., Result]) -> Callable[..., Path]:
         pytest.skip(f"{VENV} is missing (build it with .ci/app-venvs)")
 
     def make(own_queue: str = "main", extra: str = "", app: str = APP,
-             secrets: str = "BROKER_PASSWORD=guest\n", routes: str = "") -> Path:
+             secrets: str = "BROKER_PASSWORD=guest\n", routes: str = "",
+             broker: str = "amqp://guest:${BROKER_PASSWORD}@127.0.0.1:5672//") -> Path:
         work = tmp_path / "work"
         work.mkdir(exist_ok=True)
         (work / "shop.py").write_text(app.format(own_queue=own_queue))
@@ -71,7 +72,8 @@ def shop(tmp_path: Path, run_cli: Callable[..., Result]) -> Callable[..., Path]:
         (tmp_path / "secrets.env").chmod(0o600)
         site = tmp_path / "site.yaml"
         site.write_text(SITE.format(venv=VENV, work=work, secrets=tmp_path / "secrets.env",
-                                    extra=textwrap.dedent(extra), routes=routes))
+                                    extra=textwrap.dedent(extra), routes=routes,
+                                    broker=broker))
         result = run_cli("render", site, "-o", tmp_path / "out")
         assert result.code == 0, result.err
         return tmp_path / "out"
@@ -107,6 +109,16 @@ def test_a_task_sent_to_a_queue_no_pool_consumes_is_an_error_with_its_fix(
     assert "ok: task: shop.email_user -> mail (the application and the site agree)" in (
         result.out)
     assert "ok: task: 1 task(s) go to queues a pool consumes" in result.out
+
+
+def test_on_a_redis_broker_the_fix_does_not_offer_requeue(
+        shop: Callable[..., Path], run_cli: Callable[..., Result]) -> None:
+    """requeue refuses a Redis broker: check must not send the operator there."""
+    result = check(run_cli, shop(own_queue="celery", broker="redis://127.0.0.1:6379/0"))
+    assert result.code == 1
+    assert "requeue --stranded" not in result.out, result.out
+    assert ("then send again what is stranded in 'celery' (requeue works with RabbitMQ only)"
+            in result.out)
 
 
 def test_an_app_that_does_not_import_shows_the_errors_last_lines(

@@ -137,3 +137,27 @@ def test_unreachable_broker_fails_fast_and_masks_the_password(
     if command == "launch":
         assert "crate-deploy: error:" in result.stderr
         assert not site.state_file.exists()
+
+
+def test_work_waiting_for_a_pool_that_is_down_is_not_called_stranded(
+        tmp_path: Path, vhost: str, latest_venv: Path) -> None:
+    """A site queue whose pool is down holds work that will flow once the pool is back:
+    status says the pool is down, not that the queue is stranded (requeue --stranded
+    refuses it). A site queue no pool consumes is stranded."""
+    import kombu
+
+    queues = [{"name": QUEUES["quick"]}, {"name": QUEUES["slow"]}, {"name": "orphan"}]
+    site = make_demo_site(tmp_path, vhost, latest_venv, {"queues": queues})
+    with task_client(site) as client:
+        client.send_many("demoapp.quick", QUEUES["quick"], [{"value": n} for n in range(3)])
+    with kombu.Connection(site.broker_url) as connection:
+        orphan = connection.SimpleQueue("orphan")
+        orphan.put({"n": 1})
+        orphan.close()
+    result = run_crate_deploy("status", str(site.out), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^pool +quick +DOWN", result.stdout, re.MULTILINE), result.stdout
+    assert f"STRANDED {QUEUES['quick']}" not in result.stdout, result.stdout
+    assert ("STRANDED orphan: 1 message(s) and no consumer: no pool of this site consumes it "
+            "(`crate-deploy check` names the tasks sent there; "
+            "`crate-deploy requeue --stranded orphan` moves them)") in result.stdout

@@ -7,6 +7,7 @@ whose home is a temporary directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ import pytest
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.render import render_site
 from crate_deploy.run import install, unit_watch
+from crate_deploy.run.failure import Failure
 from crate_deploy.run.install import INSTALL_MANIFEST, install_command
+from crate_deploy.run.launch import stop_command
 from crate_deploy.site.validate import validate_file
+from crate_deploy.state.deployment import load_deployment
 from crate_deploy.target.versions import NEWEST_KNOWN
 from crate_deploy.write import apply_changes, plan_changes
 from tests.conftest import EXAMPLES
@@ -271,6 +275,19 @@ def test_without_a_manager_units_are_installed_and_the_start_step_says_why_not(
             "demo-beat.service demo-flower.service\n") in output
 
 
+def fake_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
+    """A stand-in systemctl first in PATH, on a host said to run systemd: it logs its
+    arguments (to the file returned), then runs script (sh)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{script}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(install, "BOOTED_MARKER", tmp_path)  # "systemd is PID 1"
+    return log
+
+
 def test_with_a_manager_only_changed_services_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -278,13 +295,7 @@ def test_with_a_manager_only_changed_services_restart(
 
     (The real one cannot be used: no manager runs here, and tests never start services.)
     """
-    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
-    bin_dir.mkdir()
-    fake = bin_dir / "systemctl"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setattr(install, "BOOTED_MARKER", tmp_path)  # "systemd is PID 1"
+    log = fake_systemctl(tmp_path, monkeypatch, "")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     site = user_site(tmp_path)
@@ -323,3 +334,90 @@ def test_with_a_manager_only_changed_services_restart(
     site.write_text(site.read_text().replace("beat:\n  enabled: true", "beat:\n  enabled: false"))
     render(site, out)
     assert "--user --quiet disable --now demo-beat.service" in launch_live()
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").exists(),
+                    reason="a systemd manager runs here: this would start the demo fleet")
+def test_user_units_get_their_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """No StateDirectory= makes it for a user unit: without it Flower and beat fail at
+    their first write (Flower: `No such file or directory: '.../state/flower.db'`)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    site = user_site(tmp_path)
+    site.write_text(site.read_text().replace("paths:\n  state_dir: state ", "#"))
+    out = render(site, tmp_path / "out")
+    state = out / "state"  # the default, CONFIG_DIR/state
+    assert load_deployment(out).state_dir == str(state.resolve())
+    assert install_command(out, user=True, root=None) == 1  # no manager here
+    assert state.is_dir() and state.stat().st_mode & 0o777 == 0o700
+    state.chmod(0o750)  # a directory someone made keeps its mode
+    assert install_command(out, user=True, root=None) == 1
+    assert state.stat().st_mode & 0o777 == 0o750
+
+
+def test_without_xdg_runtime_dir_the_user_manager_cannot_be_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runuser -u` does not set XDG_RUNTIME_DIR, and systemctl --user finds the manager
+    through it: the message says so, not only "log in" (the manager may well run)."""
+    fake_systemctl(tmp_path, monkeypatch,
+                   "echo 'Failed to connect to bus: No medium found' >&2; exit 1")
+    monkeypatch.setenv("USER", "crate")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    problem = install.manager_problem(user=True)
+    assert problem is not None
+    assert problem.startswith("no systemd user manager answers for crate (Failed to connect "
+                              "to bus: No medium found): XDG_RUNTIME_DIR is not set"), problem
+    assert f"run with XDG_RUNTIME_DIR=/run/user/{os.getuid()}" in problem, problem
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert install.manager_problem(user=True) == (
+        "no systemd user manager answers for crate (Failed to connect to bus: No medium "
+        "found); log in, or `loginctl enable-linger crate`")
+
+
+def test_a_failed_user_launch_says_to_launch_again_with_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The units a certain failure stopped are started again by `launch --systemd --user`:
+    the advice says --user (without it, the relaunch is refused)."""
+    out = render(user_site(tmp_path), tmp_path / "out")
+    deployment = load_deployment(out)
+    monkeypatch.setattr(unit_watch, "wait_until_ready", lambda *args, **kwargs: False)
+    watch = unit_watch.UnitWatch.starting_now(deployment.services, user=True, ours=[],
+                                              stop=lambda units: None)
+    watch.stopped = list(deployment.services)
+    watch.early.failure = Failure("demo-flower.service", "exited with code 1")
+    assert unit_watch.wait_for_units(deployment, watch, timeout=1) == 1
+    said = capsys.readouterr().out
+    assert (f"fix the cause, then `crate-deploy launch --systemd --user {deployment.directory}` "
+            "starts them again") in said, said
+
+
+def test_stop_stops_the_target_of_a_fleet_under_systemd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`crate-deploy stop DIR` of a fleet launch --systemd started: `systemctl stop` of its
+    target (it said "nothing launched from DIR is running" and left the fleet running)."""
+    active = tmp_path / "active"  # while it exists, the stand-in says every unit is active
+    log = fake_systemctl(tmp_path, monkeypatch, f"""
+case "$*" in
+  *"--property=Id"*) [ -e {active} ] && for unit in "$@"; do case "$unit" in
+      --*|show) ;; *) printf 'Id=%s\\nActiveState=active\\n\\n' "$unit" ;; esac; done ;;
+  *" stop "*) rm -f {active} ;;
+esac""")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    out = render(user_site(tmp_path), tmp_path / "out")
+    assert stop_command(out) == 0
+    assert "nothing launched from" in capsys.readouterr().out  # not installed in systemd
+    assert install_command(out, user=True, root=None, wait=False) == 0
+    active.touch()
+    log.unlink()
+    assert stop_command(out, timeout=90) == 0
+    said = capsys.readouterr().out
+    assert "--user stop demo.target" in log.read_text().splitlines(), log.read_text()
+    assert ("crate-deploy: stopping demo.target (systemctl --user stop); running tasks may "
+            "take up to 90s to finish\ncrate-deploy: stopped demo.target; `systemctl --user "
+            "start demo.target` starts it again\n") in said, said
+    assert stop_command(out) == 0  # nothing active any more
+    assert "nothing launched from" in capsys.readouterr().out

@@ -168,3 +168,39 @@ def test_hostile_names_are_refused(write_site: Callable[..., Path], hostile: str
 
     path = write_site(MINIMAL.replace("name: default", f"name: {json.dumps(hostile)}"))
     assert messages(path)[0].startswith("7:5: workers[0].name: must start with a lowercase")
+
+
+def test_rabbitmq_only_keys_are_refused_on_a_redis_broker(
+        write_site: Callable[..., Path]) -> None:
+    """On Redis they would change nothing while the site reads as if it had them."""
+    site = """\
+        project: demo
+        app: demo.app
+        celery: /usr/bin/celery
+        broker:
+          urls: ["redis://127.0.0.1:6379/0"]
+          confirm_publish: true
+        default_queue_type: quorum
+        queues:
+          - name: mail
+            type: quorum
+            delivery_limit: 5
+            dead_letter: true
+        workers:
+          - name: default
+            queues: [mail]
+        """
+    assert errors(write_site(site)) == [
+        "6:3: broker.confirm_publish: the broker is redis://, which has no publisher "
+        "confirms; remove it (RabbitMQ only)",
+        "7:1: default_queue_type: the broker is redis://, which has no queue types; "
+        "remove it (RabbitMQ only)",
+        "10:5: queues[0].type: the broker is redis://, which has no quorum queues; remove it "
+        "(RabbitMQ only)",
+        "11:5: queues[0].delivery_limit: the broker is redis://, which has no delivery limit; "
+        "remove it (RabbitMQ only)",
+        "12:5: queues[0].dead_letter: the broker is redis://, which has no dead-lettering; "
+        "remove it (RabbitMQ only)",
+    ]
+    rabbit = site.replace("redis://127.0.0.1:6379/0", "amqp://127.0.0.1:5672//")
+    assert validate_file(write_site(rabbit)).site.queues[0].dead_letter  # valid there
