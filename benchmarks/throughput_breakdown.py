@@ -25,6 +25,9 @@ first five add one guarantee each, in this order, to a worker of plain Celery se
                task (received, succeeded) for launch to read, mask and write
 - rendered-no-events  rendered-quiet with the quick pool's `task_events: false`: Flower runs
                and follows the other pool, this one sends no task events
+- rendered-fast  the demo site with `delivery: fast` (docs/reliability.md): results over
+               rpc:// without confirm waits, no task events, no per-task INFO lines (the
+               pools' log_level left unset); its producer sends no task-sent events
 - defaults+results  Celery's defaults with results over rpc://: the peer the rendered
                profile is held against (issue 12's target: >= 0.9x of it for no-op
                tasks, >= 0.97x for 10 ms tasks)
@@ -69,7 +72,8 @@ QUIET: dict[str, Any] = {"workers": {"quick": {"log_level": "warning"}}}
 # The demo site as rendered, and two variants of it that a site can choose with keys it has.
 RENDERED: dict[str, dict[str, Any]] = {
     "rendered": {}, "rendered-quiet": QUIET,
-    "rendered-no-events": {"workers": {"quick": {"log_level": "warning", "task_events": False}}}}
+    "rendered-no-events": {"workers": {"quick": {"log_level": "warning", "task_events": False}}},
+    "rendered-fast": {"delivery": "fast"}}
 # Peers measured beside the steps: every guarantee but events; Celery's defaults + results.
 EXTRA = {"no-events": ["late-acks", "confirms", "results"], "defaults+results": ["results"]}
 PROFILES = ("defaults", *STEPS, "no-events", *RENDERED, "defaults+results")
@@ -196,7 +200,8 @@ def measure(profile: str, args: argparse.Namespace, scratch: Path,
     results = rendered or "results" in steps
     flower = bool(site.site.get("flower", {}).get("enabled"))
     app = client(site.broker_url, rendered or "confirms" in steps, results,
-                 sent_events=(rendered and flower) or "events" in steps)
+                 sent_events=(rendered and flower and site.site.get("delivery") != "fast")
+                 or "events" in steps)
     counts = {"noop": args.tasks, "10ms": args.slow_tasks}
     try:
         with (rendered_fleet(site) if rendered

@@ -48,7 +48,7 @@ def celery_settings(site: Site) -> Settings:
         "task_create_missing_queues": False,
         "task_routes": _routes(site),
         "worker_send_task_events": site.flower.enabled,
-        "task_send_sent_event": site.flower.enabled,
+        "task_send_sent_event": _sent_events(site),
     })
     if site.beat.enabled:
         # rpc:// results go back to the sender alone, and beat never reads them: sent
@@ -62,7 +62,30 @@ def celery_settings(site: Site) -> Settings:
 
 def pool_settings(site: Site) -> dict[str, Settings]:
     """Per-pool overrides, applied by the entry module for the pool a unit runs."""
-    return {worker.name: _pool(worker) for worker in site.workers}
+    return {worker.name: _pool(worker, task_events(site, worker)) for worker in site.workers}
+
+
+def task_events(site: Site, worker: Worker) -> bool | None:
+    """Whether a pool sends task events: its own key, else off under `delivery: fast`,
+    else None (Celery's worker_send_task_events, on when Flower is)."""
+    if worker.task_events is None and site.delivery == "fast":
+        return False
+    return worker.task_events
+
+
+def delivery_settings(site: Site) -> Settings:
+    """What `delivery: fast` asks of the entry module (empty for reliable): whether the
+    pools publish rpc:// results without confirm waits, and the pools whose per-task INFO
+    lines (received, succeeded) are off. A pool that sets log_level keeps Celery's lines."""
+    if site.delivery != "fast":
+        return {}
+    return {
+        # Other backends never waited for a publisher confirm: redis or SQL writes.
+        "unconfirmed_results": (site.results.backend or "").startswith("rpc://")
+        and _mandatory_publishes(site),
+        "quiet_task_logs": [worker.name for worker in site.workers
+                            if "log_level" not in worker.model_fields_set],
+    }
 
 
 def dead_letter_queues(site: Site) -> list[Settings]:
@@ -85,7 +108,7 @@ def flower_options(site: Site, state_dir: str) -> Settings:
     }
     if flower.persistent:
         options["db"] = f"{state_dir}/{FLOWER_DB_FILE}"
-    if any(worker.task_events is False for worker in site.workers):
+    if any(task_events(site, worker) is False for worker in site.workers):
         # Flower otherwise broadcasts enable_events to every worker every 5 s, which
         # turns a pool's task events back on; the pools send theirs by configuration.
         options["enable_events"] = False
@@ -148,6 +171,34 @@ def _mandatory_publishes(site: Site) -> bool:
     return scheme in ("amqp", "amqps", "pyamqp") and site.broker.confirm_publish
 
 
+def delivery_note(site: Site) -> str | None:
+    """What render says when `delivery: fast` leaves results as they were: the site
+    then trades events and log lines only, and should not believe otherwise."""
+    backend = site.results.backend
+    if site.delivery != "fast" or backend is None or delivery_settings(site)[
+            "unconfirmed_results"]:
+        return None
+    scheme = site.broker.urls[0].partition("://")[0]
+    if not backend.startswith("rpc://"):
+        why = f"{backend.partition('://')[0]}:// results never waited for a publisher confirm"
+    elif scheme in ("amqp", "amqps", "pyamqp"):
+        why = "broker.confirm_publish is false, so nothing waited for a confirm"
+    else:
+        why = f"a {scheme}:// broker has no publisher confirms"
+    return (f"delivery: fast: results go out as before, {why}; fast turns off only task "
+            "events and per-task log lines")
+
+
+def _sent_events(site: Site) -> bool:
+    """task-sent events, for Flower. Under `delivery: fast` only while a pool sends the
+    events that follow them: else Flower would list every task as sent, forever, and each
+    send would wait for a second confirm."""
+    if site.delivery == "fast":
+        return site.flower.enabled and any(
+            task_events(site, worker) for worker in site.workers)
+    return site.flower.enabled
+
+
 def _results(site: Site) -> Settings:
     if site.results.backend is None:
         return {"task_ignore_result": True}
@@ -192,7 +243,7 @@ def _schedule_entry(entry: ScheduleEntry, ignore_result: bool) -> Settings:
     return result
 
 
-def _pool(worker: Worker) -> Settings:
+def _pool(worker: Worker, events: bool | None) -> Settings:
     settings: Settings = {
         "worker_prefetch_multiplier": worker.prefetch_multiplier,
         "task_acks_late": worker.acks_late,
@@ -202,7 +253,7 @@ def _pool(worker: Worker) -> Settings:
         "worker_cancel_long_running_tasks_on_connection_loss": worker.acks_late,
     }
     optional = {
-        "worker_send_task_events": worker.task_events,
+        "worker_send_task_events": events,
         "worker_soft_shutdown_timeout": worker.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": worker.soft_shutdown_on_idle,
         "worker_detect_quorum_queues": worker.detect_quorum_queues,

@@ -17,6 +17,8 @@ from crate_deploy.plan.services import Plan
 from crate_deploy.plan.settings import (
     celery_settings,
     dead_letter_queues,
+    delivery_note,
+    delivery_settings,
     flower_options,
     pool_settings,
 )
@@ -39,11 +41,14 @@ class ConfigRenderer(Renderer):
         site, versions = self.site, self.versions
         settings, notes = drop_unknown(celery_settings(site), versions)
         self.notes.extend(notes)
+        if note := delivery_note(site):
+            self.notes.append(note)
         files = [
             self.file(f"{names.APP_MODULE}.py", "config/app.py.j2", app=site.app),
             self.file(f"{names.CONFIG_MODULE}.py", "config/celeryconfig.py.j2",
                       settings=settings, pool_settings=pool_settings(site),
-                      dead_letter_queues=dead_letter_queues(site)),
+                      dead_letter_queues=dead_letter_queues(site),
+                      delivery=delivery_settings(site)),
             self.file(f"{names.PRODUCER_MODULE}.py", "config/producer.py.j2",
                       producer=producer_module(site, settings)),
             self.file(names.env_file_name(site), "config/env.j2",
@@ -71,13 +76,20 @@ class ConfigRenderer(Renderer):
             "versions": {"celery": versions.celery, "kombu": versions.kombu,
                          "flower": versions.flower, "source": versions.source,
                          "stamp": self.stamp},
-            # A site without hosts: renders as it did before there were hosts.
-            "site": self.site.model_dump(mode="json",
-                                         exclude=None if self.site.hosts else {"hosts"}),
+            "site": self.site.model_dump(mode="json", exclude=_unrecorded(self.site)),
         }
         if plan.host is not None:
             document["host"] = plan.host
         return json.dumps(document, indent=2) + "\n"
+
+
+def _unrecorded(site: Site) -> set[str] | None:
+    """Keys left out of the recorded site while at their default, so that a site that
+    does not use them renders as it did before they existed."""
+    keys = {"hosts"} if not site.hosts else set()
+    if site.delivery == "reliable":
+        keys.add("delivery")
+    return keys or None
 
 
 def plain_environment(site_environment: dict[str, str], config_dir: str) -> dict[str, str]:

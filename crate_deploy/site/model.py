@@ -321,6 +321,14 @@ class Site(Strict):
     """
     broker: Broker
     """The message broker."""
+    delivery: Literal["reliable", "fast"] = "reliable"
+    """reliable: results, like tasks, wait for the broker's confirm; pools send task
+    events for Flower and log two INFO lines per task. fast (docs/reliability.md): what stays
+    the same is what keeps a task from being lost (late acks, durable queues, persistent
+    and confirmed task publishes, from producers, beat and tasks); what goes is rpc://
+    results' confirm waits (a result lost with a dropped connection: the caller's get()
+    times out), task events by default (no task history in Flower) and the per-task INFO
+    lines of pools without a log_level of their own. Keys set explicitly still win."""
     results: Results = Field(default_factory=Results)
     """The result backend."""
     queues: list[Queue] = Field(default_factory=lambda: [Queue(name="celery")], min_length=1)

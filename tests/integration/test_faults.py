@@ -52,16 +52,31 @@ from tests.integration.fault_support import (
 pytestmark = pytest.mark.slow
 
 VENVS = ["celery52", "celery57"]
+# The same faults under `delivery: fast` (results without confirm waits, no task events,
+# no per-task lines) on the newest Celery only: what fast keeps (late acks, confirmed
+# persistent task publishes) is what these tests count on, and the test time stays small.
+WITH_FAST = [pytest.param("celery52", "reliable", id="celery52"),
+             pytest.param("celery57", "reliable", id="celery57"),
+             pytest.param("celery57", "fast", id="celery57-fast")]
+
+
+def _delivery(delivery: str) -> dict[str, str]:
+    """Site overrides for a delivery profile (reliable: the site as it always was)."""
+    return {"delivery": delivery} if delivery != "reliable" else {}
+
+
+def _case(name: str, delivery: str) -> str:
+    return name if delivery == "reliable" else f"{name}, delivery: {delivery}"
 
 
 # --- 1. a pool's child process killed mid-task ---------------------------------------
 
 
-@pytest.mark.parametrize("venv_key", VENVS)
+@pytest.mark.parametrize(("venv_key", "delivery"), WITH_FAST)
 def test_child_killed_mid_task_is_redelivered_and_completes(
-        tmp_path: Path, vhost: str, venv_key: str) -> None:
+        tmp_path: Path, vhost: str, venv_key: str, delivery: str) -> None:
     venv = venv_or_skip(venv_key)
-    site = fault_site(tmp_path, vhost, venv, concurrency=2)
+    site = fault_site(tmp_path, vhost, venv, concurrency=2, overrides=_delivery(delivery))
     ledger = Ledger(tmp_path / "ledger")
     count, seconds = 4, 2.0  # two run, two wait
     publisher = Publisher(site, ledger)
@@ -84,8 +99,8 @@ def test_child_killed_mid_task_is_redelivered_and_completes(
         publisher.close()
     completed = ledger.completed(keys)
     recovery = ledger.dones(victim)[0][1] - killed_at if ledger.dones(victim) else -1.0
-    record("child SIGKILL mid-task", celery_version(venv), sent=count, in_flight=in_flight,
-           completed=len(completed), lost=len(missing), recovery_s=recovery,
+    record(_case("child SIGKILL mid-task", delivery), celery_version(venv), sent=count,
+           in_flight=in_flight, completed=len(completed), lost=len(missing), recovery_s=recovery,
            notes=f"killed task ran {len(ledger.starts(victim))}x; "
                  f"done twice: {len(ledger.run_twice(keys))}")
     assert not missing, f"lost: {missing}"
@@ -146,11 +161,11 @@ def test_main_process_killed_is_restarted_and_every_task_completes(
 # --- 3. the broker restarts while tasks are sent and run -------------------------------
 
 
-@pytest.mark.parametrize("venv_key", VENVS)
+@pytest.mark.parametrize(("venv_key", "delivery"), WITH_FAST)
 def test_broker_restart_loses_no_confirmed_task(tmp_path: Path, vhost: str,
-                                                venv_key: str) -> None:
+                                                venv_key: str, delivery: str) -> None:
     venv = venv_or_skip(venv_key)
-    site = fault_site(tmp_path, vhost, venv, concurrency=4)
+    site = fault_site(tmp_path, vhost, venv, concurrency=4, overrides=_delivery(delivery))
     ledger = Ledger(tmp_path / "ledger")
     publisher = Publisher(site, ledger)
     try:
@@ -174,7 +189,7 @@ def test_broker_restart_loses_no_confirmed_task(tmp_path: Path, vhost: str,
         publisher.close()
     completed = ledger.completed(confirmed)
     unconfirmed_done = ledger.completed(publisher.failed)
-    record("broker stop_app/start_app", celery_version(venv), sent=len(confirmed),
+    record(_case("broker stop_app/start_app", delivery), celery_version(venv), sent=len(confirmed),
            in_flight=in_flight, completed=len(completed), lost=len(missing),
            recovery_s=back - outage.ended,
            notes=f"broker down {outage.seconds + outage.stop_took:.1f}s (stop_app "
@@ -190,9 +205,12 @@ def test_broker_restart_loses_no_confirmed_task(tmp_path: Path, vhost: str,
 # --- 4. new pool settings: re-render and relaunch while tasks flow -----------------------
 
 
-def test_relaunch_with_new_settings_loses_nothing(tmp_path: Path, vhost: str) -> None:
+@pytest.mark.parametrize("delivery", ["reliable", "fast"])
+def test_relaunch_with_new_settings_loses_nothing(tmp_path: Path, vhost: str,
+                                                 delivery: str) -> None:
     venv = venv_or_skip("celery57")
-    site = fault_site(tmp_path, vhost, venv, concurrency=2, prefetch=1)
+    site = fault_site(tmp_path, vhost, venv, concurrency=2, prefetch=1,
+                      overrides=_delivery(delivery))
     ledger = Ledger(tmp_path / "ledger")
     publisher = Publisher(site, ledger)
     try:
@@ -221,7 +239,8 @@ def test_relaunch_with_new_settings_loses_nothing(tmp_path: Path, vhost: str) ->
     finally:
         publisher.close()
     completed = ledger.completed(confirmed)
-    record("re-render + relaunch (concurrency 2->3, prefetch 1->2)", celery_version(venv),
+    record(_case("re-render + relaunch (concurrency 2->3, prefetch 1->2)", delivery),
+           celery_version(venv),
            sent=len(confirmed), in_flight=in_flight, completed=len(completed),
            lost=len(missing), recovery_s=ready_at - stop_at,
            notes=f"{queued} waited in the queue while no pool ran; "

@@ -5,6 +5,7 @@ into nothing `celery inspect conf` can show, whatever the application's config s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -145,3 +146,43 @@ def test_flower_refuses_to_start_with_an_empty_password(rendered: Path) -> None:
         **SECRETS, "FLOWER_PASSWORD": "", "FLOWER_BASIC_AUTH": "admin:${FLOWER_PASSWORD}"})
     assert result.returncode != 0
     assert "the Flower password of 'admin' is empty" in result.stderr
+
+
+FAST_PROBE = """\
+import json, logging
+import crate_deploy_app as entry
+print(json.dumps({
+    "backend": [f"{c.__module__}:{c.__qualname__}" for c in type(entry.app.backend).__mro__[:3]],
+    "amqp": [c.__qualname__ for c in type(entry.app.amqp).__mro__[:2]],
+    "levels": [logging.getLogger(name).level for name in entry._PER_TASK_LOGGERS],
+}))
+"""
+
+
+@pytest.mark.parametrize("delivery", ["reliable", "fast"])
+def test_fast_delivery_hooks_rpc_results_and_quiets_per_task_lines(
+        tmp_path: Path, run_cli: Callable[..., Result], delivery: str) -> None:
+    """Under fast, rpc:// results come from Celery's backend with the mixin that marks
+    their publish, app.amqp hands that publish its own pool, and the two per-task
+    loggers of the pool named in CRATE_DEPLOY_POOL are at WARNING; reliable: untouched."""
+    site = SITE.replace('"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0"', '"rpc://"')
+    (tmp_path / "site.yaml").write_text(textwrap.dedent(site) + f"delivery: {delivery}\n")
+    out = tmp_path / "out"
+    assert run_cli("render", tmp_path / "site.yaml", "-o", out).code == 0
+    (out / "theapp.py").write_text(APPS["plain"])
+    result = subprocess.run([sys.executable, "-c", FAST_PROBE], cwd=out, capture_output=True,
+                            text=True, timeout=120, check=False,
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(out),
+                                 "CRATE_DEPLOY_POOL": "default", **SECRETS})
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    if delivery == "fast":
+        assert seen["backend"] == ["crate_deploy_app:RPCBackend",
+                                   "crate_deploy_app:_ResultsWithoutConfirmWaits",
+                                   "celery.backends.rpc:RPCBackend"]
+        assert seen["amqp"] == ["AMQP", "_ResultProducers"]
+        assert seen["levels"] == [logging.WARNING, logging.WARNING]
+    else:
+        assert seen["backend"][0] == "celery.backends.rpc:RPCBackend"
+        assert seen["amqp"][1] == "object"
+        assert seen["levels"] == [logging.NOTSET, logging.NOTSET]

@@ -21,6 +21,7 @@ from tests.conftest import EXAMPLES, ROOT
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 OUTPUT = "/srv/rendered"  # the config_dir used when a site leaves it to the output directory
 CASES = {"minimal": "minimal.yaml", "site": "site.yaml", "demo": "demo/site.yaml",
+         "fast": "fast.yaml",
          "site-kubernetes": "site.yaml", "kubernetes": "kubernetes.yaml"}
 TARGETS = {"site-kubernetes": "kubernetes", "kubernetes": "kubernetes"}  # else systemd
 

@@ -208,3 +208,14 @@ def test_rendered_files_are_sorted_and_relative() -> None:
     files: list[RenderedFile] = render_site(site, "m", "/x", NEWEST_KNOWN).files
     assert [file.path for file in files] == sorted(file.path for file in files)
     assert all(not file.path.startswith("/") and ".." not in file.path for file in files)
+
+
+def test_delivery_fast_renders_as_literals(write_site: Callable[..., Path]) -> None:
+    """What fast asks of the entry module is data (`_DELIVERY`), read by code that is the
+    same for every site; reliable renders no `_DELIVERY` at all."""
+    reliable = assert_plain_literals(render(write_site(MINIMAL))["crate_deploy_celeryconfig.py"])
+    assert "_DELIVERY" not in reliable
+    fast = assert_plain_literals(render(write_site(MINIMAL + "    delivery: fast\n"))[
+        "crate_deploy_celeryconfig.py"])
+    assert fast["_DELIVERY"] == {"unconfirmed_results": True, "quiet_task_logs": ["default"]}
+    assert fast["_POOL_SETTINGS"]["default"]["worker_send_task_events"] is False  # type: ignore[index]

@@ -61,7 +61,7 @@ FULL: dict[str, Any] = {
                 "stop_timeout": 90.0, "hardening": True, "start_limit_burst": 4,
                 "start_limit_interval": 200.0},
     "requires": ">=0.1",
-    "app_settings": {"style": "old-uppercase"},
+    "app_settings": {"style": "old-uppercase"}, "delivery": "fast",
 }
 # The same site placed on two hosts (rendered with --all-hosts): what hosts.* keys change.
 FULL_HOSTS: dict[str, Any] = {**FULL, "hosts": [
