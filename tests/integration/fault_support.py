@@ -102,6 +102,10 @@ def fault_site(tmp: Path, vhost: str, venv: Path, *, concurrency: int = 2,
         "flower": {"enabled": False},
         **(overrides or {}),
     }
+    # The whole fault suite under another delivery profile, on demand (reliability.md):
+    # CRATE_DEPLOY_FAULT_DELIVERY=fast; a test that names its own profile keeps it.
+    if (forced := os.environ.get("CRATE_DEPLOY_FAULT_DELIVERY")) and "delivery" not in changes:
+        changes["delivery"] = forced
     site = make_demo_site(tmp, vhost, venv, changes, broker_host=broker_host)
     # make_demo_site merges mappings into the demo's, so only a render can drop its route.
     site.rerender(lambda data: data.update(routes={}))
@@ -379,6 +383,9 @@ def alive(pid: int) -> bool:
 def record(case: str, celery: str, *, sent: int, in_flight: int, completed: int, lost: int,
            recovery_s: float, notes: str = "") -> str:
     """Print (and log, with $CRATE_DEPLOY_RELIABILITY_LOG) one RELIABILITY line."""
+    forced = os.environ.get("CRATE_DEPLOY_FAULT_DELIVERY")
+    if forced and "delivery:" not in case:  # the run's profile, so the row says it
+        case = f"{case}, delivery: {forced}"
     values = [case, celery, str(sent), str(in_flight), str(completed), str(lost),
               f"{recovery_s:.1f}", notes.replace("|", "/")]
     line = RECORD_PREFIX + "|".join(values)
