@@ -178,15 +178,25 @@ def _restart_systemd(deployment: Deployment, services: list[str],
 def stop_systemd(deployment: Deployment, timeout: float) -> int | None:
     """`stop` of a fleet launch --systemd started: `systemctl stop TARGET`, which returns
     once every service has stopped warmly (the units are ordered after their target).
-    None when none of its services is active under a manager that answers here."""
-    from crate_deploy.run.unit_watch import active_units
+    None when it was not installed, or every service is inactive or failed.
+
+    A unit between two restarts ("activating (auto-restart)") is running for this
+    purpose: stopping ends its loop. Where the manager cannot be asked, that is an error,
+    never "nothing is running"."""
+    from crate_deploy.run.unit_watch import unit_states
 
     user = _user(deployment)
-    if not _installed_in_systemd(deployment) or manager_problem(user) is not None:
-        return None
-    if not active_units(deployment.services, user=user):
+    if not _installed_in_systemd(deployment):
         return None
     scope, target = " --user" if user else "", deployment.target
+    if (problem := manager_problem(user)) is not None:
+        raise LaunchError(f"cannot tell whether {target} runs: {problem}")
+    states = unit_states(deployment.services, user=user)
+    if states is None:
+        raise LaunchError(f"cannot tell whether {target} runs: `systemctl{scope} show` did not "
+                          "answer for its services")
+    if all(state in ("inactive", "failed") for state in states.values()):
+        return None
     click.echo(f"crate-deploy: stopping {target} (systemctl{scope} stop); running tasks may "
                f"take up to {timeout:g}s to finish")
     try:

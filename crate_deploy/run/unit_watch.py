@@ -178,6 +178,15 @@ class UnitWatch:
         return ["--user"] if self.user else []
 
 
+def unit_states(units: Sequence[str], *, user: bool) -> dict[str, str] | None:
+    """Each unit's ActiveState (active, activating, deactivating, inactive, failed...),
+    or None when systemctl did not answer for them."""
+    watch = UnitWatch(units, user, EarlyExits(last_lines=lambda unit: [], stop=lambda: None))
+    states = {unit["Id"]: unit.get("ActiveState", "") for unit in watch._show()
+              if unit.get("Id") in units}
+    return states if set(states) == set(units) else None
+
+
 def active_units(units: Sequence[str], *, user: bool) -> list[str]:
     """The units that are active (running) now."""
     watch = UnitWatch(units, user, EarlyExits(last_lines=lambda unit: [], stop=lambda: None))

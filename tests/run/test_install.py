@@ -16,7 +16,7 @@ import pytest
 
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.render import render_site
-from crate_deploy.run import install, unit_watch
+from crate_deploy.run import control, install, unit_watch
 from crate_deploy.run.failure import Failure
 from crate_deploy.run.install import INSTALL_MANIFEST, install_command
 from crate_deploy.run.launch import stop_command
@@ -398,12 +398,14 @@ def test_stop_stops_the_target_of_a_fleet_under_systemd(
         capsys: pytest.CaptureFixture[str]) -> None:
     """`crate-deploy stop DIR` of a fleet launch --systemd started: `systemctl stop` of its
     target (it said "nothing launched from DIR is running" and left the fleet running)."""
-    active = tmp_path / "active"  # while it exists, the stand-in says every unit is active
+    active = tmp_path / "active"  # what the stand-in says each unit's ActiveState is
+    active.write_text("inactive")
     log = fake_systemctl(tmp_path, monkeypatch, f"""
 case "$*" in
-  *"--property=Id"*) [ -e {active} ] && for unit in "$@"; do case "$unit" in
-      --*|show) ;; *) printf 'Id=%s\\nActiveState=active\\n\\n' "$unit" ;; esac; done ;;
-  *" stop "*) rm -f {active} ;;
+  *"--property=Id"*) for unit in "$@"; do case "$unit" in
+      --*|show) ;; *) printf 'Id=%s\\nActiveState=%s\\n\\n' "$unit" "$(cat {active})" ;;
+      esac; done ;;
+  *" stop "*) echo inactive > {active} ;;
 esac""")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
@@ -411,7 +413,7 @@ esac""")
     assert stop_command(out) == 0
     assert "nothing launched from" in capsys.readouterr().out  # not installed in systemd
     assert install_command(out, user=True, root=None, wait=False) == 0
-    active.touch()
+    active.write_text("active")
     log.unlink()
     assert stop_command(out, timeout=90) == 0
     said = capsys.readouterr().out
@@ -421,3 +423,14 @@ esac""")
             "start demo.target` starts it again\n") in said, said
     assert stop_command(out) == 0  # nothing active any more
     assert "nothing launched from" in capsys.readouterr().out
+    # Between two restarts of a crash loop a unit is "activating": it is stopped too.
+    active.write_text("activating")
+    assert stop_command(out, timeout=90) == 0
+    assert "stopped demo.target" in capsys.readouterr().out
+    # A manager that cannot be asked is an error, never "nothing is running".
+    monkeypatch.setattr(control, "manager_problem", lambda user: "no systemd user manager "
+                        "answers for crate (Failed to connect to bus): XDG_RUNTIME_DIR is not set")
+    with pytest.raises(LaunchError, match="cannot tell whether demo.target runs: no systemd "
+                       "user manager answers for crate"):
+        stop_command(out)
+    assert "nothing launched from" not in capsys.readouterr().out
