@@ -24,6 +24,7 @@ import io
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import jinja2
@@ -103,14 +104,27 @@ def _private(info: os.stat_result, refused_mode: int) -> bool:
 
 def _options_key(environment: jinja2.Environment) -> str:
     """What compiled code depends on besides the template's source: Jinja, the Python,
-    the syntax and whitespace options, and which filters and tests exist (a template
-    naming an unknown one fails to compile)."""
+    the syntax and whitespace options, which filters and tests exist (a template naming
+    an unknown one fails to compile), and how each is called: Jinja compiles a filter's
+    pass_context / pass_environment / pass_eval_context into the call, so a filter that
+    gains one must not meet code compiled before it did."""
     env = environment
     options = (jinja2.__version__, sys.version, sys.implementation.cache_tag,
                env.block_start_string, env.block_end_string, env.variable_start_string,
                env.variable_end_string, env.comment_start_string, env.comment_end_string,
                env.line_statement_prefix, env.line_comment_prefix, env.trim_blocks,
                env.lstrip_blocks, env.newline_sequence, env.keep_trailing_newline,
-               env.optimized, env.is_async, env.autoescape, env.finalize is None,
-               sorted(env.filters), sorted(env.tests), sorted(env.extensions))
+               env.optimized, env.is_async, env.autoescape, _passes(env.finalize),
+               _calls(env.filters), _calls(env.tests), sorted(env.extensions))
     return "jinja-" + hashlib.sha256(repr(options).encode()).hexdigest()[:24]
+
+
+def _passes(function: object) -> str | None:
+    """What Jinja passes a filter, test or finalize first ("context", ...); "-" for none."""
+    if function is None:
+        return None
+    return str(getattr(function, "jinja_pass_arg", "-"))
+
+
+def _calls(functions: Mapping[str, object]) -> list[tuple[str, str | None]]:
+    return [(name, _passes(function)) for name, function in sorted(functions.items())]

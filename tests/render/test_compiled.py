@@ -77,6 +77,33 @@ def test_an_edited_template_is_compiled_again(tmp_path: Path, cache_home: Path) 
     assert render() == "two 1"
 
 
+def test_a_filter_that_changes_how_it_is_called_is_compiled_again(
+        tmp_path: Path, cache_home: Path) -> None:
+    """Jinja compiles a filter's pass_context into the call: code compiled while the
+    filter took none must not run once it takes one (an upgrade that changes a filter
+    but not the templates using it)."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "t.j2").write_text("{{ x | shout }}\n")
+
+    def plain(value: str) -> str:
+        return value.upper()
+
+    @jinja2.pass_context
+    def with_context(context: object, value: str) -> str:
+        return value.upper() + "!"
+
+    def render(shout: object) -> str:
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates),
+                                 undefined=jinja2.StrictUndefined, autoescape=False)
+        env.filters["shout"] = shout
+        env.bytecode_cache = bytecode_cache(env)
+        return env.get_template("t.j2").render(x="hi")
+
+    assert render(plain) == "HI"
+    assert render(with_context) == "HI!"  # was: TypeError, the old code's call
+
+
 def planted(cache_home: Path) -> list[Path]:
     """Every cached file replaced by one whose code would render something else."""
     fresh_render()

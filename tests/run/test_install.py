@@ -430,7 +430,7 @@ esac""")
     # A manager that cannot be asked is an error, never "nothing is running".
     monkeypatch.setattr(control, "manager_problem", lambda user: "no systemd user manager "
                         "answers for crate (Failed to connect to bus): XDG_RUNTIME_DIR is not set")
-    with pytest.raises(LaunchError, match="cannot tell whether demo.target runs: no systemd "
-                       "user manager answers for crate"):
+    with pytest.raises(LaunchError, match=r"cannot tell whether demo\.target runs: no "
+                       r"systemd user manager answers for crate"):
         stop_command(out)
     assert "nothing launched from" not in capsys.readouterr().out
