@@ -44,7 +44,8 @@ class ConfigRenderer(Renderer):
         if note := delivery_note(site):
             self.notes.append(note)
         files = [
-            self.file(f"{names.APP_MODULE}.py", "config/app.py.j2", app=site.app),
+            self.file(f"{names.APP_MODULE}.py", "config/app.py.j2", app=site.app,
+                      delivery=bool(delivery_settings(site))),
             self.file(f"{names.CONFIG_MODULE}.py", "config/celeryconfig.py.j2",
                       settings=settings, pool_settings=pool_settings(site),
                       dead_letter_queues=dead_letter_queues(site),

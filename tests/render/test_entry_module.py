@@ -154,7 +154,8 @@ import crate_deploy_app as entry
 print(json.dumps({
     "backend": [f"{c.__module__}:{c.__qualname__}" for c in type(entry.app.backend).__mro__[:3]],
     "amqp": [c.__qualname__ for c in type(entry.app.amqp).__mro__[:2]],
-    "levels": [logging.getLogger(name).level for name in entry._PER_TASK_LOGGERS],
+    "levels": [logging.getLogger(name).level
+               for name in ("celery.worker.strategy", "celery.app.trace")],
 }))
 """
 
@@ -186,3 +187,24 @@ def test_fast_delivery_hooks_rpc_results_and_quiets_per_task_lines(
         assert seen["backend"][0] == "celery.backends.rpc:RPCBackend"
         assert seen["amqp"][1] == "object"
         assert seen["levels"] == [logging.NOTSET, logging.NOTSET]
+
+
+def test_fast_delivery_says_so_when_the_app_built_its_backend_first(
+        tmp_path: Path, run_cli: Callable[..., Result]) -> None:
+    """An application that asks for app.backend at import keeps that (confirmed) backend:
+    the entry module says so rather than leaving results confirmed in silence."""
+    site = SITE.replace('"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0"', '"rpc://"')
+    (tmp_path / "site.yaml").write_text(textwrap.dedent(site) + "delivery: fast\n")
+    out = tmp_path / "out"
+    assert run_cli("render", tmp_path / "site.yaml", "-o", out).code == 0
+    (out / "theapp.py").write_text("from celery import Celery\n"
+                                   "app = Celery('x', backend='rpc://')\napp.backend\n")
+    probe = "import crate_deploy_app as entry\nprint(type(entry.app.backend).__module__)\n"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=out, capture_output=True,
+                            text=True, timeout=120, check=False,
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(out),
+                                 "CRATE_DEPLOY_POOL": "default", **SECRETS})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "celery.backends.rpc"
+    assert ("crate-deploy: delivery: fast: the application built its result backend before "
+            "crate-deploy could change it; results keep their confirm waits") in result.stderr

@@ -11,8 +11,6 @@ file, nor held in app.conf, which `celery inspect conf` shows.
 """
 
 import contextlib
-import contextvars
-import logging
 import os
 import re
 import threading
@@ -29,12 +27,6 @@ import crate_deploy_celeryconfig as _rendered
 APP_TARGET = 'demoapp'
 HEARTBEAT_INTERVAL = 10  # seconds; the liveness probe allows 60
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# What `delivery: fast` changes here (empty for reliable): see _fast_delivery below.
-_DELIVERY = getattr(_rendered, "_DELIVERY", {})
-# The loggers of Celery's two INFO lines per task ("Task ... received", "... succeeded").
-_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
-# Set while this thread (or greenlet) publishes a task's result: see _ResultProducers.
-_PUBLISHING_A_RESULT = contextvars.ContextVar("crate_deploy_publishing_a_result", default=False)
 
 
 def _resolve(text, in_url=True):
@@ -204,83 +196,6 @@ def _consumer_with_unconfirmed_events(configured):
     return type("Consumer", (_EventsWithoutConfirmWaits, base), {"__module__": __name__})
 
 
-class _ResultsWithoutConfirmWaits:
-    """Mixed into Celery's rpc:// result backend under `delivery: fast`: a result's publish
-    is marked as one, so that app.amqp hands it a producer without confirm waits.
-
-    RPCBackend.store_result publishes through app.amqp.producer_pool (Celery 5.2 to 5.7),
-    the pool tasks sent from a task use too, which must stay confirmed; the mark (a
-    context variable: each thread and greenlet has its own) tells the two apart."""
-
-    def store_result(self, *args, **kwargs):
-        token = _PUBLISHING_A_RESULT.set(True)
-        try:
-            return super().store_result(*args, **kwargs)
-        finally:
-            _PUBLISHING_A_RESULT.reset(token)
-
-
-class _ResultProducers:
-    """Mixed into app.amqp under `delivery: fast`: while a result is published, its
-    producer comes from a pool of connections of its own, without confirm_publish (so no
-    channel of theirs is in confirm mode); every other publish gets Celery's own pool."""
-
-    _crate_deploy_lock = threading.Lock()
-    _crate_deploy_results = (None, None)  # (pid, pool): a forked process makes its own
-
-    @property
-    def producer_pool(self):
-        if not _PUBLISHING_A_RESULT.get():
-            return super().producer_pool
-        with self._crate_deploy_lock:
-            pid, pool = self._crate_deploy_results
-            if pid != os.getpid():
-                from kombu.pools import ProducerPool
-
-                limit = self.app.pool.limit
-                connection = self.app.connection_for_write(
-                    transport_options={"confirm_publish": False})
-                pool = ProducerPool(connection.Pool(limit), limit=limit)
-                self._crate_deploy_results = (os.getpid(), pool)
-            return pool
-
-
-def _results_without_confirm_waits(app):
-    """Publish rpc:// results without waiting for the broker's confirm."""
-    global _RPCBackend
-    from celery.backends.rpc import RPCBackend
-
-    amqp = app.amqp
-    if not (isinstance(getattr(type(amqp), "producer_pool", None), property)
-            and callable(getattr(RPCBackend, "store_result", None))):
-        # Not the Celery this was written against: leave its own behaviour, and say so.
-        logging.getLogger(__name__).warning(
-            "crate-deploy: delivery: fast: this Celery's rpc:// backend is not one "
-            "crate-deploy knows; results keep their confirm waits")
-        return
-    amqp.__class__ = type("AMQP", (_ResultProducers, type(amqp)), {"__module__": __name__})
-    _RPCBackend = type("RPCBackend", (_ResultsWithoutConfirmWaits, RPCBackend),
-                       {"__module__": __name__})
-    # The backend named by the URL's scheme: rpc:// stays the URL everyone sees.
-    app.loader.override_backends = {**app.loader.override_backends,
-                                    "rpc": f"{__name__}:_RPCBackend"}
-
-
-def _fast_delivery(app, pool):
-    """`delivery: fast` (docs/reliability.md): rpc:// results without confirm waits, and
-    no INFO line per task in the pools that set no log_level of their own.
-
-    The two per-task loggers are set to WARNING, not the worker's level: the lifecycle
-    lines ("ready", "Connected to ...") stay at INFO. Celery sets the level of the root
-    logger only, in the worker and again in each pool process, so these stick."""
-    if _DELIVERY.get("unconfirmed_results") and app.conf.broker_transport_options.get(
-            "confirm_publish"):
-        _results_without_confirm_waits(app)
-    if pool in _DELIVERY.get("quiet_task_logs", ()):
-        for name in _PER_TASK_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _start_heartbeat(**_):
     """Touch CRATE_DEPLOY_HEARTBEAT_FILE every few seconds from a thread of this (the
     worker's or beat's main) process: a Kubernetes liveness probe reads its age. It
@@ -314,8 +229,6 @@ if app.conf.broker_transport_options.get("confirm_publish"):
     if _Consumer is not None:
         app.conf.update(_namespaced({"worker_consumer": f"{__name__}:_Consumer"},
                                     getattr(app, "namespace", None)))
-if _DELIVERY:
-    _fast_delivery(app, os.environ.get("CRATE_DEPLOY_POOL"))
 if _rendered._DEAD_LETTER_QUEUES:
     app.steps["consumer"].add(_DeadLetterQueues)
 if isinstance(_rendered.broker_url, list) and len(_rendered.broker_url) > 1:

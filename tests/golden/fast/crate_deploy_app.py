@@ -29,8 +29,8 @@ import crate_deploy_celeryconfig as _rendered
 APP_TARGET = 'thumbs.celery'
 HEARTBEAT_INTERVAL = 10  # seconds; the liveness probe allows 60
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# What `delivery: fast` changes here (empty for reliable): see _fast_delivery below.
-_DELIVERY = getattr(_rendered, "_DELIVERY", {})
+# What `delivery: fast` changes here: see _fast_delivery below.
+_DELIVERY = _rendered._DELIVERY
 # The loggers of Celery's two INFO lines per task ("Task ... received", "... succeeded").
 _PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 # Set while this thread (or greenlet) publishes a task's result: see _ResultProducers.
@@ -251,12 +251,19 @@ def _results_without_confirm_waits(app):
     from celery.backends.rpc import RPCBackend
 
     amqp = app.amqp
+    # RPCBackend's own store_result (not one inherited from Backend, which any Celery has).
     if not (isinstance(getattr(type(amqp), "producer_pool", None), property)
-            and callable(getattr(RPCBackend, "store_result", None))):
+            and "store_result" in vars(RPCBackend)):
         # Not the Celery this was written against: leave its own behaviour, and say so.
         logging.getLogger(__name__).warning(
             "crate-deploy: delivery: fast: this Celery's rpc:// backend is not one "
             "crate-deploy knows; results keep their confirm waits")
+        return
+    if _backend_built(app):
+        # The application asked for app.backend at import: that one stays as it is.
+        logging.getLogger(__name__).warning(
+            "crate-deploy: delivery: fast: the application built its result backend "
+            "before crate-deploy could change it; results keep their confirm waits")
         return
     amqp.__class__ = type("AMQP", (_ResultProducers, type(amqp)), {"__module__": __name__})
     _RPCBackend = type("RPCBackend", (_ResultsWithoutConfirmWaits, RPCBackend),
@@ -264,6 +271,13 @@ def _results_without_confirm_waits(app):
     # The backend named by the URL's scheme: rpc:// stays the URL everyone sees.
     app.loader.override_backends = {**app.loader.override_backends,
                                     "rpc": f"{__name__}:_RPCBackend"}
+
+
+def _backend_built(app):
+    """Whether app.backend exists already (Celery 5.7 keeps it in app._backend, 5.2 in
+    app._local.backend, per thread)."""
+    return (getattr(app, "_backend", None) is not None
+            or getattr(getattr(app, "_local", None), "backend", None) is not None)
 
 
 def _fast_delivery(app, pool):
@@ -314,8 +328,7 @@ if app.conf.broker_transport_options.get("confirm_publish"):
     if _Consumer is not None:
         app.conf.update(_namespaced({"worker_consumer": f"{__name__}:_Consumer"},
                                     getattr(app, "namespace", None)))
-if _DELIVERY:
-    _fast_delivery(app, os.environ.get("CRATE_DEPLOY_POOL"))
+_fast_delivery(app, os.environ.get("CRATE_DEPLOY_POOL"))
 if _rendered._DEAD_LETTER_QUEUES:
     app.steps["consumer"].add(_DeadLetterQueues)
 if isinstance(_rendered.broker_url, list) and len(_rendered.broker_url) > 1:
