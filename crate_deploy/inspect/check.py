@@ -160,7 +160,7 @@ def _fix(site: Site, name: str, own: str, wanted: str, consumed: dict[str, int],
 
 
 def _move_stranded(site: Site, queue: str) -> str:
-    if site.broker.urls[0].startswith(("amqp", "pyamqp")):
+    if site.broker.is_rabbitmq:
         return f"move what is stranded with `crate-deploy requeue --stranded {queue}`"
     # requeue moves messages with RabbitMQ's own protocol; Redis has no such move.
     return f"send again what is stranded in {queue!r} (requeue works with RabbitMQ only)"

@@ -170,9 +170,9 @@ def declare_passively(app: Any, names: list[str]) -> list[tuple[str, QueueAnswer
     On a broker kombu emulates (Redis), a queue is a list that exists only while it holds
     messages, so "no such queue" means empty, and consumers are not counted (kombu
     answers 0 whoever consumes): they are None there, never a false 0."""
-    amqp = _is_amqp(app)
     answers: list[tuple[str, QueueAnswer | Exception]] = []
     with app.connection_for_write() as connection:
+        amqp = connection.transport.driver_type == "amqp"
         for name in dict.fromkeys(names):
             channel = connection.channel()
             try:

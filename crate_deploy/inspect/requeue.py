@@ -57,7 +57,7 @@ def requeue_command(directory: Path, queues: tuple[str, ...], *, to: str | None,
 
 def _moves(site: Site, queues: tuple[str, ...], to: str | None) -> list[Move]:
     parked = [queue.name for queue in site.queues if queue.dead_letter]
-    if not site.broker.urls[0].startswith(("amqp", "pyamqp")):
+    if not site.broker.is_rabbitmq:
         raise UsageError("requeue works with RabbitMQ (amqp://) brokers only")
     if not parked:
         raise UsageError("no queue of this site has dead_letter: true, so nothing is parked")

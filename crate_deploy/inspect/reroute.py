@@ -62,9 +62,9 @@ def site_router(site: Site) -> Any:
 
 
 def _check_sources(site: Site, queues: tuple[str, ...]) -> None:
-    if not site.broker.urls[0].startswith(("amqp", "pyamqp")):
+    if not site.broker.is_rabbitmq:
         raise UsageError("requeue works with RabbitMQ (amqp://) brokers only")
-    consumed = {queue for worker in site.workers for queue in worker.queues}
+    consumed = site.consumed_queues
     for name in queues:
         if name in consumed:
             raise UsageError(f"a pool of this site consumes {name!r}: its tasks are not stranded")

@@ -62,7 +62,7 @@ def stranded_queues(app: Any, site: Site, urls: list[str], app_queues: list[str]
         names = [DEFAULT_QUEUE, *site.queue_names, *app_queues]
     # A queue a pool of the site consumes is not stranded when nothing consumes it: its
     # pool is down, which status reports as such (and `requeue --stranded` refuses it).
-    consumed = {queue for worker in site.workers for queue in worker.queues}
+    consumed = site.consumed_queues
     names = [name for name in names if name not in consumed and is_work_queue(name)]
     # A queue that is not there (refused) holds nothing.
     return [StrandedQueue(name, answer[0], answer[1])

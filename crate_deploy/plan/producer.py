@@ -52,7 +52,6 @@ OLD_NAMES: dict[str, str] = {
     "task_send_sent_event": "CELERY_SEND_TASK_SENT_EVENT",
 }
 
-_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def _split_password(site: Site) -> Settings:
     by Django, and 5.7.0's `inspect conf` shows an overlaid CELERY_BROKER_URL in clear.
     kombu keeps the password across failover to the next URL."""
     urls = site.broker.urls
-    if not urls[0].startswith(_AMQP_SCHEMES):
+    if not site.broker.is_rabbitmq:
         return {}
     passwords = {urlsplit(url).password for url in urls}
     if len(passwords) != 1:

@@ -138,7 +138,7 @@ def flower_only_secrets(site: Site) -> list[str]:
 
 
 def _transport_options(site: Site) -> Settings:
-    scheme = site.broker.urls[0].partition("://")[0]
+    scheme = site.broker.scheme
     if scheme.startswith("redis") or scheme == "sentinel":
         # Redis redelivers unacknowledged tasks after the visibility timeout: it must be
         # longer than any task may run, or a long task runs twice.
@@ -167,8 +167,7 @@ def _routes(site: Site) -> Settings:
 
 
 def _mandatory_publishes(site: Site) -> bool:
-    scheme = site.broker.urls[0].partition("://")[0]
-    return scheme in ("amqp", "amqps", "pyamqp") and site.broker.confirm_publish
+    return site.broker.is_rabbitmq and site.broker.confirm_publish
 
 
 def delivery_note(site: Site) -> str | None:
@@ -178,13 +177,12 @@ def delivery_note(site: Site) -> str | None:
     if site.delivery != "fast" or backend is None or delivery_settings(site)[
             "unconfirmed_results"]:
         return None
-    scheme = site.broker.urls[0].partition("://")[0]
     if not backend.startswith("rpc://"):
         why = f"{backend.partition('://')[0]}:// results never waited for a publisher confirm"
-    elif scheme in ("amqp", "amqps", "pyamqp"):
+    elif site.broker.is_rabbitmq:
         why = "broker.confirm_publish is false, so nothing waited for a confirm"
     else:
-        why = f"a {scheme}:// broker has no publisher confirms"
+        why = f"a {site.broker.scheme}:// broker has no publisher confirms"
     return (f"delivery: fast: results go out as before, {why}; fast turns off only task "
             "events and per-task log lines")
 

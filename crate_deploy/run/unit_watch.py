@@ -178,20 +178,23 @@ class UnitWatch:
         return ["--user"] if self.user else []
 
 
+def _answered_states(units: Sequence[str], user: bool) -> dict[str, str]:
+    """The ActiveState of each unit systemctl answered for."""
+    watch = UnitWatch(units, user, EarlyExits(last_lines=lambda unit: [], stop=lambda: None))
+    return {unit["Id"]: unit.get("ActiveState", "") for unit in watch._show()
+            if unit.get("Id") in units}
+
+
 def unit_states(units: Sequence[str], *, user: bool) -> dict[str, str] | None:
     """Each unit's ActiveState (active, activating, deactivating, inactive, failed...),
     or None when systemctl did not answer for them."""
-    watch = UnitWatch(units, user, EarlyExits(last_lines=lambda unit: [], stop=lambda: None))
-    states = {unit["Id"]: unit.get("ActiveState", "") for unit in watch._show()
-              if unit.get("Id") in units}
+    states = _answered_states(units, user)
     return states if set(states) == set(units) else None
 
 
 def active_units(units: Sequence[str], *, user: bool) -> list[str]:
     """The units that are active (running) now."""
-    watch = UnitWatch(units, user, EarlyExits(last_lines=lambda unit: [], stop=lambda: None))
-    return [unit["Id"] for unit in watch._show()
-            if unit.get("Id") in units and unit.get("ActiveState") == "active"]
+    return [unit for unit, state in _answered_states(units, user).items() if state == "active"]
 
 
 def _usec(value: str | None) -> int:

@@ -92,7 +92,7 @@ def _queue_references(site: Site) -> Iterator[Finding]:
 
 
 def _unused_queues(site: Site) -> Iterator[Finding]:
-    consumed = {name for worker in site.workers for name in worker.queues}
+    consumed = site.consumed_queues
     for index, queue in enumerate(site.queues):
         if queue.name not in consumed:
             yield (("queues", index, "name"), f"no worker pool consumes queue {queue.name!r}: "
@@ -201,10 +201,9 @@ def _failover(site: Site) -> Iterator[Finding]:
 def _rabbitmq_only(site: Site) -> Iterator[Finding]:
     """Keys only RabbitMQ honours: on Redis they would change nothing and promise what
     the broker does not do (a delivery limit, dead letters, confirmed sends)."""
-    scheme = site.broker.urls[0].partition("://")[0]
-    if scheme in ("amqp", "amqps", "pyamqp"):
+    if site.broker.is_rabbitmq:
         return
-    why = f"the broker is {scheme}://, which has no {{}}; remove {{}} (RabbitMQ only)"
+    why = f"the broker is {site.broker.scheme}://, which has no {{}}; remove {{}} (RabbitMQ only)"
     for index, queue in enumerate(site.queues):
         here = ("queues", index)
         if queue.type == "quorum":

@@ -57,6 +57,8 @@ ExtraArg = Annotated[str, StringConstraints(pattern=r"^-[^\x00-\x1f\x7f-\x9f]+$"
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sentinel")
+# RabbitMQ's: publisher confirms, quorum queues, dead letters, consumer counts, requeue.
+RABBITMQ_SCHEMES = ("amqp", "amqps", "pyamqp")
 PoolType = Literal["prefork", "threads", "solo", "gevent", "eventlet"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 

@@ -19,7 +19,6 @@ from crate_deploy.site.load import Loc
 from crate_deploy.site.model import Site
 
 HERE: Loc = ("kubernetes",)
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "crate-deploy/")
 
 
@@ -58,10 +57,9 @@ def _keda(site: Site, keda: Keda) -> Iterator[Finding]:
         for key in sorted(keda.model_fields_set - {"enabled"}):
             yield ((*here, key), "only applies with keda.enabled: true; remove it", "error")
         return
-    scheme = site.broker.urls[0].partition("://")[0]
-    if scheme not in AMQP_SCHEMES:
+    if not site.broker.is_rabbitmq:
         yield ((*here, "enabled"), f"KEDA's RabbitMQ scaler needs a RabbitMQ broker, not "
-               f"{scheme}://; turn KEDA off for this site", "error")
+               f"{site.broker.scheme}://; turn KEDA off for this site", "error")
 
 
 def target_findings(site: Site) -> Iterator[Finding]:

@@ -16,6 +16,7 @@ from crate_deploy.site.fields import (
     APP_PATTERN,
     CELERY_VERSION_PATTERN,
     FLOWER_VERSION_PATTERN,
+    RABBITMQ_SCHEMES,
     USER_PATTERN,
     BrokerUrl,
     CronDayOfMonth,
@@ -65,6 +66,15 @@ class Broker(Strict):
     `crate-deploy status` still exits 0: it names them in a warning instead. 0: any node
     down makes status fail. Must be less than the number of URLs.
     """
+
+    @property
+    def scheme(self) -> str:
+        """The transport every URL uses (checks.py refuses a mix)."""
+        return self.urls[0].partition("://")[0]
+
+    @property
+    def is_rabbitmq(self) -> bool:
+        return self.scheme in RABBITMQ_SCHEMES
 
 
 class Results(Strict):
@@ -371,6 +381,11 @@ class Site(Strict):
     @property
     def queue_names(self) -> list[str]:
         return [queue.name for queue in self.queues]
+
+    @property
+    def consumed_queues(self) -> set[str]:
+        """The queues some pool of the site consumes."""
+        return {queue for worker in self.workers for queue in worker.queues}
 
     @property
     def main_queue(self) -> str:
