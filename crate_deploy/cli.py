@@ -4,7 +4,9 @@
 traceback): CrateDeployError with its own exit code, anything unforeseen as one line
 with exit 3, Ctrl-C with 130. The commands and their options are in commands/group.py,
 imported only once the unchanged-render fast path (commands/unchanged.py) has stepped
-aside: a `render` of an unchanged site answers without click, pydantic or Jinja.
+aside: a `render` of an unchanged site answers without click, pydantic or Jinja, and a
+`render` whose command line that path understood runs the full render without click
+(importing it is a twentieth of a first render).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     code: object
     try:
         code = _fast_render(args)
+        if code is None:
+            code = _full_render(args)
         if code is None:
             code = _run(args)
     except KeyboardInterrupt:
@@ -48,6 +52,31 @@ def _fast_render(args: list[str]) -> int | None:
     from crate_deploy.commands.unchanged import fast_render
 
     return fast_render(args[1:])
+
+
+def _full_render(args: list[str]) -> int | None:
+    """The exit code of the full render, for a plain `render` command line (as the fast
+    path reads it, the way click would), or None: anything else (--help, --all-hosts, an
+    option spelled otherwise, a SITE that is a directory) is click's to read and answer."""
+    if args[:1] != ["render"]:
+        return None
+    from pathlib import Path
+
+    from crate_deploy.commands.unchanged import parse_args
+
+    parsed = parse_args(args[1:])
+    if parsed is None:
+        return None
+    site, directory = Path(parsed.site), Path(parsed.directory)
+    # click refuses a SITE that is a directory and a DIRECTORY that is a file: its words.
+    if site.is_dir() or (directory.exists() and not directory.is_dir()):
+        return None
+    from crate_deploy.commands.render import render_command
+
+    return render_command(site, directory, check=parsed.check,
+                          show_diff=parsed.show_diff, as_json=parsed.as_json,
+                          host=parsed.host, force=parsed.force, verbose=parsed.verbose,
+                          target=parsed.target)
 
 
 def _run(args: list[str]) -> object:

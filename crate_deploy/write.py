@@ -11,7 +11,6 @@ directory as it was.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import errno
 import hashlib
 import json
@@ -34,6 +33,9 @@ if TYPE_CHECKING:  # only named in annotations: a status or a stop need not load
 
 @dataclass(frozen=True)
 class FileChange:
+    """One file of a render against what the output directory holds: its status, old and
+    new text (for --diff) and mode."""
+
     path: str
     status: str  # "created" | "changed" | "unchanged" | "removed"
     old: str | None
@@ -41,6 +43,8 @@ class FileChange:
     mode: int = 0o644
 
     def diff(self, mask: Callable[[str], str]) -> str:
+        import difflib  # only --diff needs it
+
         old = mask(self.old or "").splitlines(keepends=True)
         new = mask(self.new or "").splitlines(keepends=True)
         lines = difflib.unified_diff(old, new, f"a/{self.path}", f"b/{self.path}")

@@ -177,3 +177,77 @@ def test_main_called_in_a_process_leaves_its_garbage_collection_alone(
     on, like this test run, keeps collecting them."""
     assert run_cli("validate", EXAMPLES / "site.yaml").code == 0
     assert gc.get_freeze_count() == 0
+
+
+LOADED_AFTER = """\
+import sys
+from crate_deploy.cli import main
+try:
+    main({args!r})
+except SystemExit as exc:
+    print(exc.code, "click" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_a_plain_render_runs_without_click(tmp_path: Path) -> None:
+    """The full render of a command line the fast path read does not import click (~10 ms
+    of a first render); --all-hosts, which the fast path leaves alone, goes through it."""
+    environment = {**os.environ, "CRATE_DEPLOY_FAST_PATH": "0"}
+    for args, expected in (
+            (["render", str(EXAMPLES / "site.yaml"), "-o", str(tmp_path / "a")], "0 False"),
+            (["render", str(EXAMPLES / "site.yaml"), str(tmp_path / "b"), "--check"], "1 False"),
+            (["render", str(EXAMPLES / "multi-host.yaml"), "--all-hosts", "-o",
+              str(tmp_path / "c")], "0 True")):
+        result = subprocess.run([sys.executable, "-c", LOADED_AFTER.format(args=args)],
+                                capture_output=True, text=True, env=environment, cwd=tmp_path,
+                                check=False, timeout=60)
+        assert result.stderr.splitlines()[-1] == expected, result.stderr
+
+
+def test_render_refuses_what_click_refuses(run_cli: Callable[..., Result],
+                                          tmp_path: Path) -> None:
+    """A SITE that is a directory, a DIRECTORY that is a file: click's own words, exit 2."""
+    (tmp_path / "a-file").write_text("")
+    result = run_cli("render", tmp_path)
+    assert (result.code, result.out) == (2, "")
+    assert "is a directory" in result.err
+    result = run_cli("render", EXAMPLES / "site.yaml", tmp_path / "a-file")
+    assert (result.code, result.out) == (2, "")
+    assert "is a file" in result.err
+
+
+def test_file_statuses_are_coloured_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+
+    def render(directory: str, *, terminal: bool) -> str:
+        primary, secondary = pty.openpty()
+        try:
+            stdout = secondary if terminal else subprocess.PIPE
+            process = subprocess.Popen(
+                [sys.executable, "-m", "crate_deploy", "render", str(EXAMPLES / "site.yaml"),
+                 "-o", str(tmp_path / directory)], stdout=stdout, stderr=subprocess.DEVNULL,
+                cwd=tmp_path)
+            os.close(secondary)
+            if not terminal:
+                out, _ = process.communicate(timeout=60)
+                return out.decode()
+            output = b""
+            while chunk := _read_terminal(primary):
+                output += chunk
+            process.wait(timeout=60)
+            return output.decode()
+        finally:
+            os.close(primary)
+
+    coloured = render("tty", terminal=True)
+    assert f"\x1b[32m  created\x1b[0m  {tmp_path / 'tty'}/crate.env" in coloured
+    plain = render("pipe", terminal=False)
+    assert f"  created  {tmp_path / 'pipe'}/crate.env\n" in plain
+    assert "\x1b" not in plain
+
+
+def _read_terminal(descriptor: int) -> bytes:
+    try:
+        return os.read(descriptor, 65536)
+    except OSError:  # EIO: the program closed its end
+        return b""

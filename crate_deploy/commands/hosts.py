@@ -3,7 +3,6 @@ host's share into the output directory, `--all-hosts` every host's into DIR/host
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from crate_deploy.errors import UsageError
@@ -32,6 +31,8 @@ def render_shares(site: Site, output_dir: Path, host: str | None,
                          "render one host's share with --host NAME, or every host's with "
                          "--all-hosts")
     if host not in names:
+        import difflib  # only a misspelt host needs it
+
         close = difflib.get_close_matches(host, names, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"hosts: {', '.join(names)}"
         raise UsageError(f"--host {host}: no such host in the site's hosts: section; {hint}")

@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
-
 from crate_deploy import facts
 from crate_deploy.commands import render_record, report, unchanged
 from crate_deploy.commands.hosts import render_shares, stale_hosts
@@ -47,15 +45,13 @@ from crate_deploy.target.probe import choose_versions
 from crate_deploy.target.versions import TargetVersions
 from crate_deploy.write import FileChange, apply_changes, plan_changes, render_lock
 
-_COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
-
 
 def validate_command(site_path: Path) -> int:
     # The probe of the target's versions is cached in a render's deployment.json; validate
     # takes no output directory, so it reuses the default one's cache when there is one.
     validated, versions = _validated(site_path, DEFAULT_OUTPUT_DIR, None)
     site = validated.site
-    click.echo(f"{site_path}: valid ({len(site.workers)} worker pool(s), {len(site.queues)} "
+    report.echo(f"{site_path}: valid ({len(site.workers)} worker pool(s), {len(site.queues)} "
                f"queue(s); for Celery {versions.celery}, {versions.source})")
     return 0
 
@@ -81,7 +77,7 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
                       if note not in notes]
             rendered.append((directory, rendering))
         for note in notes:
-            click.echo(f"note: {note}", err=True)
+            report.echo(f"note: {note}", err=True)
         mask = _masker(site) if show_diff else None
 
         def record(directory: Path, rendering: Rendering) -> None:
@@ -95,9 +91,9 @@ def render_command(site_path: Path, output_dir: Path, *, check: bool, show_diff:
     if not as_json:  # after writing: a failure prints its error, not "created" lines
         _report(planned, mask, services=check or show_diff, site=site, verbose=verbose)
     if as_json:  # once written, so that "written": true is true
-        click.echo(_json_reports(site, planned, written=not check, mask=mask))
+        report.echo(_json_reports(site, planned, written=not check, mask=mask))
     else:
-        click.echo(report.summary_line(check=check, changed=changed, total=total,
+        report.echo(report.summary_line(check=check, changed=changed, total=total,
                                        directory=str(output_dir), celery=versions.celery,
                                        source=versions.source))
     return 1 if check and changed else 0
@@ -175,15 +171,15 @@ def _report(planned: list[tuple[Path, list[FileChange]]], mask: Masker | None, *
             services: bool, site: Site, verbose: bool) -> None:
     """Each changed file's status (and its diff, secrets masked, with --diff; unchanged
     ones only with -v); with --check or --diff, what launch --systemd would then restart."""
+    colour = report.on_terminal()  # the status column, coloured on a terminal
     for directory, changes in planned:
         for change in changes:
             if change.status == "unchanged" and not verbose:
                 continue  # counted in the summary line
-            line = report.file_line(change.status, str(directory / change.path))
-            colour = _COLOURS[change.status]  # the status column, coloured on a terminal
-            click.echo(click.style(line[:9], fg=colour) + line[9:] if colour else line)
+            report.echo(report.file_line(change.status, str(directory / change.path),
+                                         colour=colour))
             if mask is not None and change.status != "unchanged":
-                click.echo(change.diff(mask), nl=False)
+                report.echo(change.diff(mask), nl=False)
         if services:
             echo_service_changes(rendered_service_changes(site, changes))
 
@@ -240,7 +236,7 @@ def _validated(site_path: Path, output_dir: Path,
 
 
 def _say(line: str, said: list[str] | None) -> None:
-    click.echo(line, err=True)
+    report.echo(line, err=True)
     if said is not None:
         said.append(line)
 

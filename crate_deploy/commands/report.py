@@ -3,20 +3,59 @@
 The full render (commands/render.py) and the unchanged-render fast path
 (commands/unchanged.py) print their report through these functions, so an unchanged
 site reads the same whichever path answered. Standard library only: the fast path
-loads neither click nor the models.
+loads neither click nor the models, and a full render started without click (cli.py)
+prints through `echo` as click would.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Mapping, Sequence
 
+TYPE_CHECKING = False  # typing is not imported: the fast path's ~5 ms
+if TYPE_CHECKING:
+    from typing import TextIO
+
 SERVICES_HEADING = "once installed with `crate-deploy launch --systemd`:"
+# ANSI colours of a file's status on a terminal, as click.style would write them.
+_STATUS_COLOURS = {"created": "\x1b[32m", "changed": "\x1b[33m", "removed": "\x1b[31m"}
+_RESET = "\x1b[0m"
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # what click strips off a terminal
 
 
-def file_line(status: str, path: str) -> str:
-    """One file's line: its status right-aligned, then its path."""
-    return f"{status:>9}  {path}"
+def file_line(status: str, path: str, *, colour: bool = False) -> str:
+    """One file's line: its status right-aligned (coloured, when `colour`), then its path."""
+    column = f"{status:>9}"
+    if colour and status in _STATUS_COLOURS:
+        column = f"{_STATUS_COLOURS[status]}{column}{_RESET}"
+    return f"{column}  {path}"
+
+
+def echo(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """Print a line to stdout (or stderr) as click.echo does, without loading click: the
+    stream as it is now (a test may have replaced it), nothing when it is closed, and
+    terminal escape sequences (colours, or a hostile value's) only to a terminal."""
+    stream = sys.stderr if err else sys.stdout
+    if stream is None:
+        return
+    if not _is_terminal(stream):
+        text = _ESCAPE_SEQUENCE.sub("", text)
+    stream.write(f"{text}\n" if nl else text)
+    stream.flush()
+
+
+def on_terminal() -> bool:
+    """Whether stdout is a terminal, where a file's status is coloured."""
+    return _is_terminal(sys.stdout)
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except ValueError:  # closed
+        return False
 
 
 def service_lines(services: Mapping[str, Sequence[str]]) -> list[str]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import click
-
 from crate_deploy.commands import report
 from crate_deploy.plan.names import UNIT_DIR
 from crate_deploy.plan.restarts import ServiceChanges, plan_restarts
@@ -51,4 +49,4 @@ def json_report(output_dir: Path, changes: list[FileChange], services: ServiceCh
 
 def echo_service_changes(services: ServiceChanges) -> None:
     for line in report.services_block(services.as_dict()):
-        click.echo(line)
+        report.echo(line)

@@ -82,10 +82,11 @@ class RenderArgs:
     """`render`'s command line, as the fast path understands it."""
 
     def __init__(self, site: str, directory: str, host: str | None, target: str, *,
-                 check: bool, show_diff: bool, as_json: bool, verbose: bool) -> None:
+                 check: bool, show_diff: bool, as_json: bool, verbose: bool,
+                 force: bool = False) -> None:
         self.site, self.directory, self.host, self.target = site, directory, host, target
         self.check, self.show_diff, self.as_json = check, show_diff, as_json
-        self.verbose = verbose
+        self.verbose, self.force = verbose, force
 
 
 class Attempt:
@@ -173,7 +174,7 @@ def parse_args(argv: list[str]) -> RenderArgs | None:
         positional[1] if len(positional) == 2 else values.get("output", DEFAULT_OUTPUT_DIR),
         values.get("host"), values.get("target", "systemd"),
         check="check" in flags, show_diff="show_diff" in flags, as_json="as_json" in flags,
-        verbose="verbose" in flags)
+        verbose="verbose" in flags, force="force" in flags)
 
 
 def _plain(text: str) -> bool:

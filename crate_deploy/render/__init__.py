@@ -23,6 +23,8 @@ __all__ = ["RenderedFile", "Rendering", "python_literal", "render_site", "second
 
 @dataclass(frozen=True)
 class Rendering:
+    """Everything one render produces: its files and the notes it prints."""
+
     files: list[RenderedFile]
     notes: list[str] = field(default_factory=list)
 

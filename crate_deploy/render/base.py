@@ -18,6 +18,8 @@ from crate_deploy.target.versions import TargetVersions
 
 @dataclass(frozen=True)
 class RenderedFile:
+    """One output file of a render, in memory: nothing is written until write.py's turn."""
+
     path: str  # relative to the output directory, '/'-separated
     content: str
     mode: int = 0o644

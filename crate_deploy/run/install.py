@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from crate_deploy.commands import report
 from crate_deploy.errors import LaunchError, UsageError
 from crate_deploy.inspect.preflight import refuse_unless_clear
 from crate_deploy.plan import names
@@ -49,7 +50,6 @@ SYSTEM_UNIT_DIR = "/etc/systemd/system"
 # sd_booted(3): this directory exists only when systemd is PID 1.
 BOOTED_MARKER = Path("/run/systemd/system")
 SYSTEMCTL_TIMEOUT = 300.0
-_COLOURS = {"created": "green", "changed": "yellow", "removed": "red", "unchanged": None}
 
 
 def install_command(directory: Path, *, user: bool, root: Path | None,
@@ -295,9 +295,9 @@ class _Systemctl:
 
 
 def _report(prefix: Path, changes: list[FileChange]) -> None:
+    colour = report.on_terminal()
     for change in changes:
-        status = click.style(f"{change.status:>9}", fg=_COLOURS[change.status])
-        click.echo(f"{status}  {_show(prefix, change.path)}")
+        report.echo(report.file_line(change.status, _show(prefix, change.path), colour=colour))
 
 
 def _show(prefix: Path, path: str) -> str:

@@ -18,7 +18,6 @@ import yaml
 
 from crate_deploy import facts
 from crate_deploy.errors import Problem, SiteError
-from crate_deploy.site.yaml_errors import explain
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_VALUES = 100_000
@@ -37,6 +36,8 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 @dataclass(frozen=True)
 class Mark:
+    """Where a key or value starts in the site file (1-based line and column)."""
+
     line: int
     column: int
 
@@ -97,6 +98,8 @@ def parse_site(raw: bytes, name: str) -> LoadedSite:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
+        from crate_deploy.site.yaml_errors import explain  # only a broken file needs it
+
         explained = explain(exc, text)
         raise SiteError([Problem(name, explained.line, explained.column, "",
                                  explained.message)]) from None

@@ -74,6 +74,9 @@ _PATTERN_HINTS = {
 
 @dataclass(frozen=True)
 class ValidatedSite:
+    """A site that passed validation, with the warnings it raised and the loaded YAML
+    (for file:line:col in later checks)."""
+
     site: Site
     source: Path
     warnings: list[Problem]

@@ -37,6 +37,9 @@ from crate_deploy.state.envfile import EnvironmentFileError, read_environment_fi
 
 @dataclass(frozen=True)
 class Deployment:
+    """A rendered directory as launch, status and stop read it back: the site it was
+    rendered from, where its services read their config and keep their state."""
+
     directory: Path
     site: Site
     config_dir: str

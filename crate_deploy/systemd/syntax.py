@@ -55,6 +55,8 @@ def resolve_specifiers(value: str, where: str) -> str:
 
 @dataclass(frozen=True)
 class _Quoting:
+    """How a unit setting's words are unquoted: commands, assignments and variables differ."""
+
     c_escapes: bool  # decode \n, \x41, \u00e9 ... (systemd.syntax(7) "Quoting")
     keep_bad_escapes: bool  # keep an unknown escape verbatim (systemd warns) instead of failing
     lenient: bool  # accept an unclosed quote and drop a trailing backslash
