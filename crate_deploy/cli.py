@@ -16,7 +16,8 @@ import os
 import sys
 
 # pydantic looks for plugins among every installed distribution's entry points (~30 ms
-# per command); the site file's models want none.
+# per command), and imports importlib.metadata to do so (~15 ms, see site/plugins.py):
+# the site file's models want none.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     code: object
     try:
         code = _fast_render(args)
+        if code is None and args[:1] and not args[0].startswith("-"):
+            from crate_deploy.site.plugins import skip_plugin_search
+
+            skip_plugin_search()  # a command: it builds the site's models
         if code is None:
             code = _full_render(args)
         if code is None:
