@@ -23,31 +23,40 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `crate-deploy` program."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    code: object
+    program = argv is None  # not a caller in the same process, as the tests are
+    if program:
+        # A command makes a few hundred thousand objects that live until it exits
+        # (modules, pydantic's schemas, Jinja's code): Python's default thresholds walk
+        # them some 70 times, ~12 ms of a first render, finding next to nothing to free.
+        # Collect less often (a long-running launch still collects).
+        gc.set_threshold(100_000, 50, 100)
+    code = _command(sys.argv[1:] if argv is None else list(argv))
+    if program:
+        # The program is about to exit: the interpreter's last garbage collection would
+        # walk every object the command made, 25-35 ms of a render, to find cycles the
+        # exit frees anyway; frozen objects are left alone (at-exit handlers still run,
+        # and stdout and stderr are still flushed).
+        gc.freeze()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command(args: list[str]) -> object:
+    """Run the command line's command: its exit code, or what its error makes it."""
     try:
         code = _fast_render(args)
-        if code is None and args[:1] and not args[0].startswith("-"):
+        if code is not None:
+            return code
+        if args[:1] and not args[0].startswith("-"):
             from crate_deploy.site.plugins import skip_plugin_search
 
             skip_plugin_search()  # a command: it builds the site's models
-        if code is None:
-            code = _full_render(args)
-        if code is None:
-            code = _run(args)
+        code = _full_render(args)
+        return code if code is not None else _run(args)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        code = 130
+        return 130
     except Exception as exc:
-        code = _failed(exc)
-    if argv is None:
-        # The program is about to exit: the interpreter's last garbage collection would
-        # walk every object the command made (pydantic's schemas and validators, Jinja's
-        # code), 25-35 ms of a render, to find cycles the exit frees anyway; frozen
-        # objects are left alone (at-exit handlers still run, and stdout and stderr are
-        # still flushed). A caller in the same process, as the tests are, keeps collecting.
-        gc.freeze()
-    sys.exit(code if isinstance(code, int) else 0)
+        return _failed(exc)
 
 
 def _fast_render(args: list[str]) -> int | None:

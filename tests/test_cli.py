@@ -173,10 +173,22 @@ def test_ctrl_c_exits_130() -> None:
 
 def test_main_called_in_a_process_leaves_its_garbage_collection_alone(
         run_cli: Callable[..., Result]) -> None:
-    """Only the program, about to exit, freezes its objects (cli.main): a caller that goes
-    on, like this test run, keeps collecting them."""
+    """Only the program collects less often and, about to exit, freezes its objects
+    (cli.main): a caller that goes on, like this test run, keeps collecting as it did."""
+    thresholds = gc.get_threshold()
     assert run_cli("validate", EXAMPLES / "site.yaml").code == 0
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
+
+
+def test_the_program_collects_garbage_less_often(tmp_path: Path) -> None:
+    code = ("import gc, sys\nsys.argv = ['crate-deploy', 'validate', sys.argv[1]]\n"
+            "from crate_deploy.cli import main\ntry:\n    main()\nexcept SystemExit:\n"
+            "    print(gc.get_threshold(), gc.get_freeze_count() > 0)")
+    result = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "site.yaml")],
+                            capture_output=True, text=True, cwd=tmp_path, check=True,
+                            timeout=60)
+    assert result.stdout.splitlines()[-1] == "(100000, 50, 100) True"
 
 
 LOADED_AFTER = """\
