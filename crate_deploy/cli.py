@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import sys
+
+TYPE_CHECKING = False  # pathlib and typing wait for the full path: the fast path needs neither
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # pydantic looks for plugins among every installed distribution's entry points (~30 ms
 # per command), and imports importlib.metadata to do so (~15 ms, see site/plugins.py):
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         # them some 70 times, ~12 ms of a first render, finding next to nothing to free.
         # Collect less often (a long-running launch still collects).
         gc.set_threshold(100_000, 50, 100)
-    code = _command(sys.argv[1:] if argv is None else list(argv))
+    code = _command(sys.argv[1:] if argv is None else list(argv), program=program)
     if program:
         # The program is about to exit: the interpreter's last garbage collection would
         # walk every object the command made, 25-35 ms of a render, to find cycles the
@@ -40,23 +45,39 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _command(args: list[str]) -> object:
-    """Run the command line's command: its exit code, or what its error makes it."""
+def _command(args: list[str], *, program: bool) -> object:
+    """Run the command line's command: its exit code, or what its error makes it. Ctrl-C
+    and a reader of stdout that went away end it as click ends its commands, whichever
+    path ran: "aborted" and 130; 1, quietly."""
     try:
         code = _fast_render(args)
         if code is not None:
             return code
-        if args[:1] and not args[0].startswith("-"):
+        if program and args[:1] and not args[0].startswith("-"):
             from crate_deploy.site.plugins import skip_plugin_search
 
             skip_plugin_search()  # a command: it builds the site's models
         code = _full_render(args)
         return code if code is not None else _run(args)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write("\naborted\n")
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except Exception as exc:
         return _failed(exc)
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (`| head -1`): exit 1 without a word, and without the
+    interpreter's complaint when it flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no stdout to quieten
+        pass
+    return 1
 
 
 def _fast_render(args: list[str]) -> int | None:
@@ -83,7 +104,7 @@ def _full_render(args: list[str]) -> int | None:
         return None
     site, directory = Path(parsed.site), Path(parsed.directory)
     # click refuses a SITE that is a directory and a DIRECTORY that is a file: its words.
-    if site.is_dir() or (directory.exists() and not directory.is_dir()):
+    if _file_type(site) == stat.S_IFDIR or _file_type(directory) == stat.S_IFREG:
         return None
     from crate_deploy.commands.render import render_command
 
@@ -91,6 +112,16 @@ def _full_render(args: list[str]) -> int | None:
                           show_diff=parsed.show_diff, as_json=parsed.as_json,
                           host=parsed.host, force=parsed.force, verbose=parsed.verbose,
                           target=parsed.target)
+
+
+def _file_type(path: Path) -> int | None:
+    """The kind of file at `path` (stat.S_IFDIR ...), or None when it cannot be asked
+    (missing, a name too long, no access): click passes such a path on, and the command
+    says what is wrong with it."""
+    try:
+        return stat.S_IFMT(path.stat().st_mode)
+    except OSError:
+        return None
 
 
 def _run(args: list[str]) -> object:

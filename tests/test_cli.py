@@ -263,3 +263,73 @@ def _read_terminal(descriptor: int) -> bytes:
         return os.read(descriptor, 65536)
     except OSError:  # EIO: the program closed its end
         return b""
+
+
+def _render_program(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """`crate-deploy render ARGS` as the program, the full render (not the fast path)."""
+    return subprocess.run([sys.executable, "-m", "crate_deploy", "render", *args],
+                          capture_output=True, cwd=tmp_path, timeout=60, check=False,
+                          env={**os.environ, "CRATE_DEPLOY_FAST_PATH": "0", **env})
+
+
+def test_a_path_that_cannot_be_looked_at_gets_the_command_s_own_error(tmp_path: Path) -> None:
+    """A name too long to stat: click passes it on and render says what is wrong, with its
+    exit code; the direct path once died with an unexpected error (exit 3)."""
+    long_name = "a" * 300
+    result = _render_program(tmp_path, long_name)
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert result.stderr.decode().startswith(
+        f"{long_name}:1:1: cannot read the site file: File name too long")
+    result = _render_program(tmp_path, str(EXAMPLES / "site.yaml"), long_name)
+    assert result.returncode == 1
+    assert result.stderr.decode().endswith(
+        f"crate-deploy: error: cannot write into {long_name}: File name too long\n")
+
+
+def test_a_report_in_utf8_reaches_a_stream_of_another_encoding(tmp_path: Path) -> None:
+    result = _render_program(tmp_path, str(EXAMPLES / "site.yaml"), "out-ñ",
+                             PYTHONIOENCODING="ascii")
+    assert result.returncode == 0, result.stderr
+    assert "  created  out-ñ/crate.env\n".encode() in result.stdout
+
+
+def test_a_reader_that_went_away_ends_the_render_quietly(tmp_path: Path) -> None:
+    """stdout a pipe nobody reads any more (`| head -1` after its line): exit 1 and not a
+    word more than the render says anyway, as click ends its commands; the files are
+    written."""
+    said = _render_program(tmp_path, str(EXAMPLES / "site.yaml"), "elsewhere").stderr
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "crate_deploy", "render", str(EXAMPLES / "site.yaml"),
+             "out"], stdout=writer, stderr=subprocess.PIPE, cwd=tmp_path, timeout=60,
+            check=False, env={**os.environ, "CRATE_DEPLOY_FAST_PATH": "0"})
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (1, said)
+    assert (tmp_path / "out" / "crate.env").exists()
+
+
+def test_ctrl_c_during_a_render_says_what_click_says(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    os.mkfifo(tmp_path / "site.yaml")  # the render waits, opening it
+    process = subprocess.Popen([sys.executable, "-m", "crate_deploy", "render", "site.yaml",
+                                "out"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path, env={**os.environ, "CRATE_DEPLOY_FAST_PATH": "0"})
+    wchan = Path(f"/proc/{process.pid}/wchan")
+    deadline = time.monotonic() + 60
+    while wchan.read_text() != "wait_for_partner" and time.monotonic() < deadline:
+        time.sleep(0.05)  # until it is blocked opening the FIFO, well inside main()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert (process.returncode, err) == (130, b"\naborted\n")
+
+
+def test_escape_sequences_never_reach_a_stream_that_is_not_a_terminal(tmp_path: Path) -> None:
+    result = _render_program(tmp_path, str(EXAMPLES / "site.yaml"), "out\x1b[2~x")
+    assert result.returncode == 0, result.stderr
+    assert b"  created  outx/crate.env\n" in result.stdout
+    assert b"\x1b" not in result.stdout + result.stderr

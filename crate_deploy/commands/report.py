@@ -22,7 +22,9 @@ SERVICES_HEADING = "once installed with `crate-deploy launch --systemd`:"
 # ANSI colours of a file's status on a terminal, as click.style would write them.
 _STATUS_COLOURS = {"created": "\x1b[32m", "changed": "\x1b[33m", "removed": "\x1b[31m"}
 _RESET = "\x1b[0m"
-_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # what click strips off a terminal
+# A control sequence (ECMA-48 CSI: parameters, intermediates, a final byte), which click
+# strips from what it prints anywhere but to a terminal.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
 def file_line(status: str, path: str, *, colour: bool = False) -> str:
@@ -42,8 +44,25 @@ def echo(text: str, *, err: bool = False, nl: bool = True) -> None:
         return
     if not _is_terminal(stream):
         text = _ESCAPE_SEQUENCE.sub("", text)
-    stream.write(f"{text}\n" if nl else text)
+    if nl:
+        text += "\n"
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:  # an ASCII stream (PYTHONIOENCODING=ascii) and a path in UTF-8
+        _write_utf8(stream, text)
     stream.flush()
+
+
+def _write_utf8(stream: TextIO, text: str) -> None:
+    """What click does on a stream whose encoding cannot hold the text: UTF-8 bytes (a
+    name the filesystem gave in other bytes, as those bytes)."""
+    data = text.encode("utf-8", "surrogateescape")
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(data.decode("ascii", "backslashreplace"))
+        return
+    stream.flush()
+    buffer.write(data)
 
 
 def on_terminal() -> bool:
