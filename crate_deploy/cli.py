@@ -5,8 +5,8 @@ traceback): CrateDeployError with its own exit code, anything unforeseen as one 
 with exit 3, Ctrl-C with 130. The commands and their options are in commands/group.py,
 imported only once the unchanged-render fast path (commands/unchanged.py) has stepped
 aside: a `render` of an unchanged site answers without click, pydantic or Jinja, and a
-`render` whose command line that path understood runs the full render without click
-(importing it is a twentieth of a first render).
+`render` whose command line that path understood, or a plain `validate`, runs without
+click (importing it is a twentieth of either).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _command(args: list[str], *, program: bool) -> object:
             from crate_deploy.site.plugins import skip_plugin_search
 
             skip_plugin_search()  # a command: it builds the site's models
-        code = _full_render(args)
+        code = _without_click(args)
         return code if code is not None else _run(args)
     except KeyboardInterrupt:
         sys.stderr.write("\naborted\n")
@@ -89,17 +89,25 @@ def _fast_render(args: list[str]) -> int | None:
     return fast_render(args[1:])
 
 
+def _without_click(args: list[str]) -> int | None:
+    """The exit code of a plain `render` or `validate` command line, run without click
+    (importing it is a twentieth of either), or None: anything else is click's to read."""
+    if args[:1] == ["render"]:
+        return _full_render(args[1:])
+    if args[:1] == ["validate"]:
+        return _validate(args[1:])
+    return None
+
+
 def _full_render(args: list[str]) -> int | None:
-    """The exit code of the full render, for a plain `render` command line (as the fast
-    path reads it, the way click would), or None: anything else (--help, --all-hosts, an
-    option spelled otherwise, a SITE that is a directory) is click's to read and answer."""
-    if args[:1] != ["render"]:
-        return None
+    """The full render, for a command line the fast path read (the way click would), or
+    None: anything else (--help, --all-hosts, an option spelled otherwise, a SITE that is
+    a directory) is click's."""
     from pathlib import Path
 
     from crate_deploy.commands.unchanged import parse_args
 
-    parsed = parse_args(args[1:])
+    parsed = parse_args(args)
     if parsed is None:
         return None
     site, directory = Path(parsed.site), Path(parsed.directory)
@@ -112,6 +120,23 @@ def _full_render(args: list[str]) -> int | None:
                           show_diff=parsed.show_diff, as_json=parsed.as_json,
                           host=parsed.host, force=parsed.force, verbose=parsed.verbose,
                           target=parsed.target)
+
+
+def _validate(args: list[str]) -> int | None:
+    """validate's site files, when the command line is nothing else (no option, printable
+    ASCII, no SITE that is a directory: those are click's)."""
+    from pathlib import Path
+
+    from crate_deploy.commands.unchanged import plain_argument
+
+    if not all(plain_argument(arg) and not arg.startswith("-") for arg in args):
+        return None
+    sites = [Path(arg) for arg in args]
+    if any(_file_type(site) == stat.S_IFDIR for site in sites):
+        return None
+    from crate_deploy.commands.validate_files import validate_sites
+
+    return validate_sites(sites)
 
 
 def _file_type(path: Path) -> int | None:

@@ -202,14 +202,18 @@ except SystemExit as exc:
 
 
 def test_a_plain_render_runs_without_click(tmp_path: Path) -> None:
-    """The full render of a command line the fast path read does not import click (~10 ms
-    of a first render); --all-hosts, which the fast path leaves alone, goes through it."""
+    """The full render of a command line the fast path read, and a plain validate, do not
+    import click (~10 ms of either); --all-hosts and --help go through it."""
     environment = {**os.environ, "CRATE_DEPLOY_FAST_PATH": "0"}
     for args, expected in (
             (["render", str(EXAMPLES / "site.yaml"), "-o", str(tmp_path / "a")], "0 False"),
             (["render", str(EXAMPLES / "site.yaml"), str(tmp_path / "b"), "--check"], "1 False"),
             (["render", str(EXAMPLES / "multi-host.yaml"), "--all-hosts", "-o",
-              str(tmp_path / "c")], "0 True")):
+              str(tmp_path / "c")], "0 True"),
+            (["validate", str(EXAMPLES / "site.yaml")], "0 False"),
+            (["validate", str(EXAMPLES / "site.yaml"), str(EXAMPLES / "minimal.yaml")],
+             "0 False"),
+            (["validate", "--help"], "0 True")):
         result = subprocess.run([sys.executable, "-c", LOADED_AFTER.format(args=args)],
                                 capture_output=True, text=True, env=environment, cwd=tmp_path,
                                 check=False, timeout=60)
@@ -226,6 +230,9 @@ def test_render_refuses_what_click_refuses(run_cli: Callable[..., Result],
     result = run_cli("render", EXAMPLES / "site.yaml", tmp_path / "a-file")
     assert (result.code, result.out) == (2, "")
     assert "is a file" in result.err
+    result = run_cli("validate", EXAMPLES / "site.yaml", tmp_path)
+    assert (result.code, result.out) == (2, "")
+    assert "is a directory" in result.err
 
 
 def test_file_statuses_are_coloured_on_a_terminal_only(tmp_path: Path) -> None:

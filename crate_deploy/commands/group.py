@@ -44,13 +44,9 @@ def cli() -> None:
 @click.argument("sites", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 def validate(sites: tuple[Path, ...]) -> int:
     """Check site files (default site.yaml); print every problem as FILE:LINE:COL: KEY: MESSAGE."""
-    if len(sites) > 1:  # a pre-commit hook passes every staged site file at once
-        from crate_deploy.commands.validate_files import validate_files_command
+    from crate_deploy.commands.validate_files import validate_sites
 
-        return validate_files_command(list(sites))
-    from crate_deploy.commands.render import validate_command
-
-    return validate_command(sites[0] if sites else Path("site.yaml"))
+    return validate_sites(list(sites))
 
 
 @cli.command()

@@ -149,7 +149,7 @@ def parse_args(argv: list[str]) -> RenderArgs | None:
     values: dict[str, str] = {}
     items = iter(argv)
     for arg in items:
-        if not _plain(arg):
+        if not plain_argument(arg):
             return None
         if not arg.startswith("-"):
             positional.append(arg)
@@ -160,7 +160,7 @@ def parse_args(argv: list[str]) -> RenderArgs | None:
         elif name in _VALUED and _VALUED[name] not in values:
             if not equals:
                 value = next(items, "")
-            if (name == "-o" and equals) or not _plain(value) or value.startswith("-"):
+            if (name == "-o" and equals) or not plain_argument(value) or value.startswith("-"):
                 return None
             values[_VALUED[name]] = value
         else:
@@ -177,7 +177,7 @@ def parse_args(argv: list[str]) -> RenderArgs | None:
         verbose="verbose" in flags, force="force" in flags)
 
 
-def _plain(text: str) -> bool:
+def plain_argument(text: str) -> bool:
     return bool(text) and text.isascii() and text.isprintable()
 
 

@@ -13,6 +13,16 @@ from crate_deploy.commands.render import validate_command
 from crate_deploy.errors import Problem, SiteError
 
 
+def validate_sites(sites: list[Path]) -> int:
+    """`validate [SITE ...]`: site.yaml when none is given, one site, or every site file a
+    pre-commit hook passes at once."""
+    if not sites:
+        return validate_command(Path("site.yaml"))
+    if len(sites) == 1:
+        return validate_command(sites[0])
+    return validate_files_command(sites)
+
+
 def validate_files_command(sites: list[Path]) -> int:
     problems: list[Problem] = []
     for site in sites:
