@@ -136,8 +136,12 @@ def fast_render(argv: list[str]) -> int | None:
         return None
     debug(f"the fast path answered: nothing changed since the record in {args.directory}")
     _pending = None
-    _write(sys.stderr, errors)
-    _write(sys.stdout, lines)
+    # Through the full render's own printer: the same bytes, and the same end when the
+    # reader went away (cli.py).
+    if errors:
+        report.echo("\n".join(errors), err=True)
+    if lines:
+        report.echo("\n".join(lines))
     return 0
 
 
@@ -328,12 +332,6 @@ def _printable(text: str) -> bool:
     it prints when not on a terminal, and whatever else it does to control characters is
     the full render's to do (a venv's metadata or a link's target may hold them)."""
     return text.isascii() and all(line.isprintable() for line in text.split("\n"))
-
-
-def _write(stream: Any, lines: list[str]) -> None:
-    if lines:
-        stream.write("".join(f"{line}\n" for line in lines))
-    stream.flush()
 
 
 def debug(message: str) -> None:

@@ -30,7 +30,6 @@ from typing import Any
 LOADER = "pydantic.plugin._loader"
 SWITCH = "PYDANTIC_DISABLE_PLUGINS"
 _ALL_OFF = ("__all__", "1", "true")  # pydantic's spellings of "no plugin at all"
-_STAND_IN: list[types.ModuleType] = []  # the one registered, while it is
 
 
 def get_plugins() -> Any:
@@ -64,7 +63,6 @@ def skip_plugin_search() -> None:
     stand_in.__package__ = "pydantic.plugin"
     stand_in.get_plugins = get_plugins  # type: ignore[attr-defined]
     stand_in.__getattr__ = _module_getattr  # type: ignore[method-assign]
-    _STAND_IN[:] = [stand_in]
     sys.modules[LOADER] = stand_in
     # As the import system does for a submodule it loads: pydantic.plugin._loader works.
     pydantic.plugin._loader = stand_in  # type: ignore[attr-defined]
@@ -73,9 +71,9 @@ def skip_plugin_search() -> None:
 def _real_loader() -> types.ModuleType:
     """pydantic's own loader, from now on the one every import of it finds, with whatever
     a caller set on the stand-in."""
-    if not _STAND_IN or sys.modules.get(LOADER) is not _STAND_IN[0]:
-        return importlib.import_module(LOADER)
-    stand_in = _STAND_IN.pop()
+    stand_in = sys.modules.get(LOADER)
+    if stand_in is None or vars(stand_in).get("get_plugins") is not get_plugins:
+        return importlib.import_module(LOADER)  # pydantic's own is the one registered
     del sys.modules[LOADER]
     real = importlib.import_module(LOADER)
     for name, value in vars(stand_in).items():
